@@ -1,0 +1,205 @@
+"""`affectclip eval`: list benchmarks, run one evaluation into a JSON record, merge records into a table.
+
+Heavy modules (torch, the model factory, sklearn) are imported inside the handlers so `affectclip --help` stays fast.
+Inputs are validated (benchmark, task, split, data folder, prompts vs classes) before any model is built, so a
+mistake costs seconds, not a model load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+from typing import Any
+
+TASKS = ("zeroshot", "linear_probe", "fewshot", "regression", "retrieval")
+
+
+def register(subparsers: argparse._SubParsersAction) -> None:
+    p = subparsers.add_parser("eval", help="evaluate a model on emotion benchmarks (zero-shot, probes, retrieval)")
+    p.add_argument("--list", action="store_true", help="list the benchmark adapters and their official layouts")
+    sub = p.add_subparsers(dest="eval_command", metavar="{run,table}")
+    p.set_defaults(func=_cmd_eval)
+
+    r = sub.add_parser("run", help="run one (model, benchmark, task) evaluation and write a JSON result record")
+    r.add_argument("--model", required=True, help="model config name, config .json, or checkpoint path")
+    r.add_argument("--pretrained", help="weights to load into --model (any supported checkpoint format)")
+    src = r.add_mutually_exclusive_group(required=True)
+    src.add_argument("--benchmark", help="benchmark name (see `affectclip eval --list`)")
+    src.add_argument("--manifest", help="an affectclip manifest instead of a benchmark (retrieval, custom sets)")
+    r.add_argument("--root", help="dataset folder in the benchmark's official layout")
+    r.add_argument("--task", choices=TASKS, default="zeroshot")
+    r.add_argument("--split", help="evaluation split (default: the benchmark's test/validation split)")
+    r.add_argument("--fold", type=int, help="official fold for DFEW/MAFW (1..5)")
+    r.add_argument("--prompts", default="expression", help="prompt set (template set name or 'descriptions')")
+    r.add_argument("--agg", choices=("embedding", "logit"), default="embedding", help="prompt aggregation")
+    r.add_argument("--video-pool", choices=("mean_embed", "mean_logits"), default="mean_embed",
+                   help="frame pooling for image models on video (models with a temporal head use it)")
+    r.add_argument("--probe-c", type=float, help="fix the probe's C / ridge alpha instead of sweeping on train")
+    r.add_argument("--probe-protocol", choices=("affectclip", "emotionclip"), default="affectclip")
+    r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--device", default="cpu")
+    r.add_argument("--output", default="results", help="folder for the JSON record, manifests and feature cache")
+    r.set_defaults(func=_cmd_run)
+
+    t = sub.add_parser("table", help="merge result records into one table")
+    t.add_argument("results_dir")
+    t.add_argument("--format", choices=("md", "csv"), default="md")
+    t.add_argument("--out", help="write the table to this file instead of printing it")
+    t.set_defaults(func=_cmd_table)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from affectclip.eval.benchmarks import list_benchmarks
+
+    if not args.list:
+        print("usage: affectclip eval {--list | run ... | table RESULTS_DIR}")
+        return 1
+    for b in list_benchmarks():
+        folds = f", {b['folds']} folds" if b["folds"] else ""
+        print(f"{b['name']:<16} tasks={','.join(b['tasks'])} splits={','.join(b['splits'])}{folds} "
+              f"classes={len(b['classes'])}\n    {b['layout']}")
+    return 0
+
+
+def _user_errors(fn):
+    """Turn bad-input exceptions from the adapters/builders into `UserError` (one clear line, exit code 2)."""
+    from affectclip.cli import UserError
+
+    def wrapped(*a: Any, **k: Any) -> Any:
+        try:
+            return fn(*a, **k)
+        except (FileNotFoundError, ValueError, KeyError) as exc:
+            raise UserError(exc.args[0] if exc.args else str(exc)) from exc
+
+    return wrapped
+
+
+def _prepare(args: argparse.Namespace) -> dict[str, Any]:
+    """Resolve benchmark, splits, manifests and prompts without touching the model."""
+    from affectclip.eval.benchmarks import get_benchmark
+    from affectclip.eval.prompts import build_prompts, compound_components
+
+    out = Path(args.output)
+    if args.manifest:
+        if args.task != "retrieval":
+            raise ValueError("--manifest is supported for --task retrieval; use --benchmark for classification")
+        if not Path(args.manifest).is_file():
+            raise FileNotFoundError(f"manifest {args.manifest} does not exist")
+        return {"name": Path(args.manifest).stem, "split": args.split or "all", "classes": [],
+                "manifests": {"eval": Path(args.manifest)}, "split_files": [args.manifest]}
+    bench = get_benchmark(args.benchmark)
+    if args.task not in bench.tasks:
+        raise ValueError(f"{bench.name} supports tasks {bench.tasks}, not '{args.task}'")
+    if not args.root:
+        raise ValueError(f"--root is required: the {bench.name} folder ({bench.layout})")
+    split = args.split or bench.splits[-1]
+    needs_train = args.task in ("linear_probe", "fewshot", "regression")
+    if needs_train and ("train" not in bench.splits or split == "train"):
+        raise ValueError(f"{args.task} trains on 'train' and evaluates on another split; {bench.name} has {bench.splits}")
+    tag = f"{bench.name}_{{}}" + (f"_fold{args.fold}" if args.fold else "")
+    manifests = {"eval": bench.to_manifest(args.root, split, out / "manifests" / f"{tag.format(split)}.jsonl", args.fold)}
+    if needs_train:
+        manifests["train"] = bench.to_manifest(args.root, "train", out / "manifests" / f"{tag.format('train')}.jsonl",
+                                               args.fold)
+    prep = {"name": bench.name, "split": split, "bench": bench, "classes": list(bench.classes), "manifests": manifests,
+            "split_files": [str(p) for p in manifests.values()]}
+    if args.task == "zeroshot":
+        if bench.compound:
+            prep["compounds"] = {c: compound_components(c) for c in bench.classes}
+            comps = sorted({x for v in prep["compounds"].values() for x in v})
+            prep["prompts"] = build_prompts(comps, args.prompts)
+        else:
+            prep["prompts"] = build_prompts(bench.classes, args.prompts)
+    return prep
+
+
+def _features(model, transform, manifest: Path, classes, args, cache: Path, model_id: dict) -> Any:
+    from affectclip.data.datasets import ManifestDataset
+    from affectclip.eval.features import cached_features
+    from affectclip.eval.results import sha256_file
+
+    ds = ManifestDataset(manifest, transform=transform, classes=classes or None)
+    keep = args.task == "zeroshot" and args.video_pool == "mean_logits"
+    key = {**model_id, "manifest_sha256": sha256_file(manifest), "transform": repr(transform)}
+    fs, _ = cached_features(cache, key, model=model, dataset=ds, batch_size=args.batch_size, device=args.device,
+                            video_pool=args.video_pool, keep_frames=keep)
+    return fs
+
+
+def _run_task(args: argparse.Namespace, prep: dict[str, Any]) -> dict[str, Any]:
+    import affectclip
+    from affectclip.eval import probe
+    from affectclip.eval.results import sha256_file
+
+    model = affectclip.create_model(args.model, pretrained=args.pretrained, device=args.device)
+    tokenizer = affectclip.get_tokenizer(model)
+    transform = affectclip.create_transforms(model)
+    weights = args.pretrained or (args.model if Path(args.model).is_file() else None)
+    model_id = {"model": args.model, "weights_sha256": sha256_file(weights) if weights else None,
+                "config": getattr(model, "config", {})}
+    cache = Path(args.output) / "features"
+    classes = prep["classes"]
+    fs = {k: _features(model, transform, m, classes, args, cache, model_id) for k, m in prep["manifests"].items()}
+    ev = fs["eval"]
+    if args.task == "zeroshot":
+        from affectclip.eval.zeroshot import evaluate_zero_shot
+
+        return evaluate_zero_shot(model, tokenizer, None, classes, prep["prompts"], args.agg, device=args.device,
+                                  video_pool=args.video_pool, compounds=prep.get("compounds"), features=ev)
+    if args.task == "retrieval":
+        from affectclip.eval.retrieval import evaluate_retrieval
+
+        return evaluate_retrieval(model, tokenizer, None, device=args.device, features=ev)
+    tr = fs["train"]
+    failures = {"count": len(ev.errors) + len(tr.errors), "examples": (ev.errors + tr.errors)[:20]}
+    bench = prep["bench"]
+    if bench.continuous:  # targets = multi-hot categories then continuous values
+        k = len(classes)
+        if args.task == "regression":
+            r = probe.ridge_probe(tr.features, tr.targets[:, k:], ev.features, ev.targets[:, k:], bench.continuous,
+                                  alpha=args.probe_c)
+        else:
+            r = probe.multilabel_probe(tr.features, tr.targets[:, :k], ev.features, ev.targets[:, :k], C=args.probe_c,
+                                       protocol=args.probe_protocol)
+    elif args.task == "fewshot":
+        r = probe.fewshot_probe(tr.features, tr.labels, ev.features, ev.labels, classes,
+                                C=args.probe_c or 1.0, protocol=args.probe_protocol)
+    elif args.task == "linear_probe":
+        r = probe.linear_probe(tr.features, tr.labels, ev.features, ev.labels, classes, C=args.probe_c,
+                               protocol=args.probe_protocol)
+    else:
+        raise ValueError(f"{bench.name} has no continuous targets for --task regression")
+    return {**r, "failures": failures}
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from affectclip.eval.results import make_record, plot_confusion, write_record
+
+    prep = _user_errors(_prepare)(args)
+    result = _user_errors(_run_task)(args, prep)
+    record = make_record(
+        model=args.model, benchmark=prep["name"], split=prep["split"], fold=args.fold, task=args.task,
+        classes=prep["classes"], result=result, weights=args.pretrained, split_files=prep["split_files"],
+        prompt_set=args.prompts if args.task == "zeroshot" else None,
+        config={k: v for k, v in vars(args).items() if k != "func"},
+    )
+    path = write_record(record, args.output)
+    metrics = record["metrics"]
+    if "confusion_matrix" in metrics:
+        plot_confusion(metrics["confusion_matrix"], prep["classes"], path.with_suffix(".png"), title=path.stem)
+    shown = {k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)}
+    print(json.dumps(shown))
+    print(f"wrote {path}")
+    return 0
+
+
+def _cmd_table(args: argparse.Namespace) -> int:
+    from affectclip.eval.results import build_table, to_markdown, write_table
+
+    df = _user_errors(build_table)(args.results_dir)
+    if args.out:
+        print(f"wrote {write_table(df, args.out, args.format)}")
+    else:
+        print(to_markdown(df) if args.format == "md" else df.to_csv(index=False), end="")
+    return 0

@@ -1,0 +1,188 @@
+"""Result records: one JSON per (model, benchmark, split/fold, task) (evaluation.md §7), merged into tables.
+
+A number is only comparable when its protocol is known, so each record carries the prompts verbatim, the
+aggregation, the split-file hashes, the sample/failure counts, the package version and the git commit.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+import subprocess
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+TABLE_KEYS = ("model", "benchmark", "split", "fold", "task", "prompt_set", "prompt_agg", "n_samples")
+
+
+def sha256_file(path: str | Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit(repo: str | Path | None = None) -> str | None:
+    """HEAD commit of the source tree (None outside a git checkout or before the first commit)."""
+    cwd = Path(repo) if repo else Path(__file__).resolve().parent
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout.strip() if out.returncode == 0 else None
+
+
+def make_record(
+    *,
+    model: str,
+    benchmark: str,
+    split: str,
+    task: str,
+    classes: Sequence[str],
+    result: dict[str, Any],
+    fold: int | None = None,
+    weights: str | None = None,
+    split_files: Sequence[str | Path] = (),
+    prompt_set: str | None = None,
+    config: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """Assemble the record; `result` is the output of an evaluator (metrics, prompts, failures, probe, ...)."""
+    from affectclip import __version__
+
+    weights_sha = sha256_file(weights) if weights and Path(weights).is_file() else None
+    return {
+        "model": model,
+        "weights": {"path": str(weights) if weights else None, "sha256": weights_sha},
+        "benchmark": benchmark,
+        "split": split,
+        "fold": fold,
+        "task": task,
+        "classes": list(classes),
+        "split_file_sha256": {str(p): sha256_file(p) for p in split_files},
+        "prompt_set": prompt_set,
+        "n_samples": result.get("metrics", {}).get("n_samples"),
+        **result,
+        "config": config or {},
+        "package_version": __version__,
+        "git_commit": git_commit(),
+        "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    }
+
+
+def _slug(text: Any) -> str:
+    return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).strip("-") or "none"
+
+
+def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write `{benchmark}_{split}[_fold{k}]_{model}_{task}.json` under `out_dir` (CLIP_benchmark-style names)."""
+    fold = f"_fold{record['fold']}" if record.get("fold") is not None else ""
+    name = f"{_slug(record['benchmark'])}_{_slug(record['split'])}{fold}_{_slug(Path(str(record['model'])).name)}_{_slug(record['task'])}.json"
+    path = Path(out_dir) / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(record, indent=2, default=_json_default), encoding="utf-8")
+    return path
+
+
+def _json_default(obj: Any) -> Any:
+    if isinstance(obj, np.generic):
+        return obj.item()
+    if isinstance(obj, np.ndarray):
+        return obj.tolist()
+    if isinstance(obj, Path):
+        return str(obj)
+    raise TypeError(f"cannot serialise {type(obj).__name__} in a result record")
+
+
+def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+    """Flatten nested scalar metrics ("4-shot.war.mean"); lists, matrices and per-class dicts stay in the JSON."""
+    out = {}
+    for k, v in metrics.items():
+        if isinstance(v, bool) or k.startswith("n_") or k in ("per_class_recall",):
+            continue
+        if isinstance(v, (int, float)) and v is not None:
+            out[prefix + k] = float(v)
+        elif isinstance(v, dict) and k != "per_dimension":
+            out.update(_scalars(v, f"{prefix}{k}."))
+    return out
+
+
+def build_table(results_dir: str | Path) -> pd.DataFrame:
+    """One row per record under `results_dir` (recursive): identity columns + every scalar metric."""
+    files = sorted(Path(results_dir).rglob("*.json"))
+    if not files:
+        raise FileNotFoundError(f"no result JSON files under {results_dir}; run `affectclip eval run ... --output DIR` first")
+    rows = []
+    for f in files:
+        try:
+            rec = json.loads(f.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{f} is not valid JSON ({exc}); delete or regenerate it") from exc
+        if not isinstance(rec, dict) or "metrics" not in rec or "benchmark" not in rec:
+            continue  # other JSON files (e.g. configs) living beside the results
+        row = {k: rec.get(k) for k in TABLE_KEYS}
+        row["n_failures"] = (rec.get("failures") or {}).get("count")
+        row.update(_scalars(rec["metrics"]))
+        rows.append(row)
+    if not rows:
+        raise ValueError(f"no result records (JSON with 'benchmark' and 'metrics') under {results_dir}")
+    return pd.DataFrame(rows).sort_values(["benchmark", "model", "task", "split", "fold"], na_position="first",
+                                          ignore_index=True)
+
+
+def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
+    """Pipe table with floats at `digits` decimals (the field's reporting convention); empty cells for missing."""
+
+    def cell(v: Any) -> str:
+        if v is None or (isinstance(v, float) and np.isnan(v)):
+            return ""
+        return f"{v:.{digits}f}" if isinstance(v, float) else str(v)
+
+    lines = ["| " + " | ".join(df.columns) + " |", "|" + "---|" * len(df.columns)]
+    lines += ["| " + " | ".join(cell(v) for v in row) + " |" for row in df.itertuples(index=False)]
+    return "\n".join(lines) + "\n"
+
+
+def write_table(df: pd.DataFrame, path: str | Path, fmt: str = "md") -> Path:
+    path = Path(path)
+    if fmt == "csv":
+        df.to_csv(path, index=False)
+    elif fmt == "md":
+        path.write_text(to_markdown(df), encoding="utf-8")
+    else:
+        raise ValueError(f"table format must be 'md' or 'csv', got '{fmt}'")
+    return path
+
+
+def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = "") -> Path:
+    """Row-normalised confusion matrix (recall per true class) as a PNG; absent classes show an empty row."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cm = np.asarray(confusion, dtype=float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        norm = cm / cm.sum(1, keepdims=True)
+    size = 1.2 + 0.55 * len(classes)
+    fig, ax = plt.subplots(figsize=(size + 1, size))
+    im = ax.imshow(norm, vmin=0, vmax=1, cmap="Blues")
+    ax.set_xticks(range(len(classes)), classes, rotation=45, ha="right")
+    ax.set_yticks(range(len(classes)), classes)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    for i, j in np.ndindex(cm.shape):
+        ax.text(j, i, f"{int(cm[i, j])}", ha="center", va="center", fontsize=7,
+                color="white" if np.nan_to_num(norm[i, j]) > 0.5 else "black")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    ax.set_title(title)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

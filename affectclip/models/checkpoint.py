@@ -1,0 +1,272 @@
+"""Reading and writing model weights: our own safetensors checkpoints and foreign OpenAI/open_clip/method files.
+
+Our checkpoint = ONE `.safetensors` file whose metadata holds the model config (key `affectclip_config`), so a file
+alone re-creates the model. Foreign files (OpenAI TorchScript, open_clip state dicts, EmotionCLIP `{"model": sd}`,
+EmoCLIP DDP `module.` dicts) are unwrapped and mapped to our key layout: open_clip's top-level text keys
+(`token_embedding`, `transformer.*`, ...) live under `text.` here; `visual.*` and `logit_scale` are identical.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import os
+import pickle
+import re
+import warnings
+import zipfile
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn as nn
+from safetensors import SafetensorError, safe_open
+from safetensors.torch import load_file, save_file
+
+log = logging.getLogger(__name__)
+
+CONFIG_KEY = "affectclip_config"
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+_TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
+_DROPPED_KEYS = ("attn_mask", "input_resolution", "context_length", "vocab_size")  # buffers / OpenAI ints
+_WRAPPER_KEYS = ("state_dict", "model")
+_RUNTIME_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
+_MAX_LISTED = 10
+
+
+def is_torchscript(path: str | os.PathLike) -> bool:
+    """True for a TorchScript archive (how OpenAI distributes CLIP): a zip with a `constants.pkl` record."""
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name == "constants.pkl" or name.endswith("/constants.pkl") for name in archive.namelist())
+
+
+def _is_tensor_dict(obj: Any) -> bool:
+    return isinstance(obj, dict) and bool(obj) and all(isinstance(v, torch.Tensor) for v in obj.values())
+
+
+def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
+    """Descend through training wrappers ({"model": sd}, {"state_dict": sd, "epoch": ...}) to the tensors."""
+    while isinstance(obj, dict) and not _is_tensor_dict(obj):
+        inner = next((obj[k] for k in _WRAPPER_KEYS if isinstance(obj.get(k), dict)), None)
+        if inner is None:
+            break
+        obj = inner
+    if not _is_tensor_dict(obj):
+        found = sorted(obj)[:_MAX_LISTED] if isinstance(obj, dict) else type(obj).__name__
+        raise ValueError(
+            f"{path} does not contain a state dict of tensors (found: {found}); expected a model state dict, "
+            f"optionally wrapped under one of {_WRAPPER_KEYS}"
+        )
+    out = {}
+    for key, value in obj.items():
+        for prefix in _RUNTIME_PREFIXES:
+            key = key.removeprefix(prefix)
+        out[key] = value
+    return out
+
+
+def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """Read a state dict from .safetensors, a torch pickle (.pt/.pth/.bin, weights only) or a TorchScript archive;
+    unwrap training wrappers and strip `module.`/`_orig_mod.` prefixes. Tensors are returned on CPU."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"checkpoint file not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            obj = load_file(str(path), device="cpu")
+        elif is_torchscript(path):
+            with (
+                warnings.catch_warnings()
+            ):  # torch.jit is deprecated, yet it is the only reader of OpenAI files
+                warnings.simplefilter("ignore", DeprecationWarning)
+                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+        else:
+            obj = torch.load(path, map_location="cpu", weights_only=True)
+    except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
+        raise ValueError(
+            f"cannot read checkpoint {path}: {exc}. Expected a .safetensors file, a PyTorch state dict saved with "
+            "torch.save (.pt/.pth/.bin) or an OpenAI TorchScript archive; re-download it if it is truncated. "
+            "Pickles are read with weights_only=True for safety: if a trusted file pickles whole objects, "
+            "re-save just its state_dict() with torch.save"
+        ) from exc
+    return _unwrap(obj, path)
+
+
+def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any] | None:
+    """The model config stored in one of our .safetensors checkpoints, or None for any other file."""
+    path = Path(path)
+    if path.suffix != ".safetensors" or not path.is_file():
+        return None
+    try:
+        with safe_open(str(path), framework="pt") as handle:
+            metadata = handle.metadata() or {}
+    except SafetensorError as exc:
+        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    if CONFIG_KEY not in metadata:
+        return None
+    try:
+        return json.loads(metadata[CONFIG_KEY])
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path}: metadata '{CONFIG_KEY}' is not valid JSON ({exc})") from exc
+
+
+def convert_open_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """open_clip/OpenAI key layout -> ours: top-level text keys move under `text.`; `visual.*`, `logit_scale`
+    and other keys stay; non-parameter buffers are dropped. A container prefix around the CLIP keys (e.g. a
+    method's `backbone.`) is removed. Already-converted dicts pass through unchanged."""
+    anchor = next((k for k in sd if k.endswith("visual.conv1.weight")), None)
+    prefix = anchor[: -len("visual.conv1.weight")] if anchor else ""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in sd.items():
+        key = key.removeprefix(prefix) if prefix else key
+        if key in _DROPPED_KEYS or key.endswith(".attn_mask"):
+            continue
+        if key.startswith(_TEXT_KEYS):
+            key = "text." + key
+        out[key] = value
+    return out
+
+
+def to_open_clip_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """Our CLIP DualEncoder -> an open_clip/OpenAI-layout state dict (`text.` prefix removed), for export to
+    tools that load CLIP checkpoints. The temporal head has no open_clip counterpart and is left out."""
+    out = {}
+    for key, value in model.state_dict().items():
+        if key.startswith("temporal."):
+            continue
+        out[key.removeprefix("text.")] = value
+    return out
+
+
+def _count_blocks(sd: dict[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({m.group(1) for k in sd if (m := pattern.match(k))})
+
+
+def infer_clip_config(
+    sd: dict[str, torch.Tensor], quick_gelu: bool | None = None, torchscript: bool = False
+) -> dict[str, Any]:
+    """Model config of a CLIP ViT state dict (either key layout). Heads = width // 64 as in every released CLIP.
+
+    The activation is not recorded in the weights: TorchScript archives come from OpenAI (QuickGELU); otherwise
+    exact GELU is assumed with a warning, unless `quick_gelu` is given.
+    """
+    sd = convert_open_clip_state_dict(sd)
+    if "visual.conv1.weight" not in sd or "text.token_embedding.weight" not in sd:
+        if any(k.startswith("visual.layer1.") for k in sd):
+            raise ValueError("this is a ResNet CLIP checkpoint; only ViT CLIP image towers are supported")
+        raise ValueError(
+            "cannot infer a CLIP ViT architecture: the state dict lacks 'visual.conv1.weight' or "
+            f"'token_embedding.weight' (first keys: {sorted(sd)[:_MAX_LISTED]}); pass a model name, "
+            "e.g. create_model('ViT-B-32', pretrained=path)"
+        )
+    if quick_gelu is None:
+        quick_gelu = torchscript
+        if not torchscript:
+            log.warning(
+                "activation cannot be read from the weights; assuming exact GELU (open_clip/LAION). For OpenAI "
+                "weights pass quick_gelu=True (create_model(path, quick_gelu=True))"
+            )
+    v_width = sd["visual.conv1.weight"].shape[0]
+    patch = sd["visual.conv1.weight"].shape[-1]
+    grid = round(math.sqrt(sd["visual.positional_embedding"].shape[0] - 1))
+    t_width = sd["text.ln_final.weight"].shape[0]
+    return {
+        "embed_dim": int(sd["text.text_projection"].shape[1]),
+        "vision_cfg": {
+            "type": "vit",
+            "image_size": int(patch * grid),
+            "patch_size": int(patch),
+            "width": int(v_width),
+            "layers": _count_blocks(sd, "visual.transformer.resblocks."),
+            "head_width": 64,
+            "mlp_ratio": sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / v_width,
+        },
+        "text_cfg": {
+            "type": "clip",
+            "context_length": int(sd["text.positional_embedding"].shape[0]),
+            "vocab_size": int(sd["text.token_embedding.weight"].shape[0]),
+            "width": int(t_width),
+            "heads": int(t_width // 64),
+            "layers": _count_blocks(sd, "text.transformer.resblocks."),
+            "tokenizer": "clip_bpe",
+        },
+        "temporal_cfg": None,
+        "quick_gelu": bool(quick_gelu),
+        "preprocess": {
+            "mean": CLIP_MEAN,
+            "std": CLIP_STD,
+            "interpolation": "bicubic",
+            "resize_mode": "shortest",
+        },
+        "init_logit_scale": float(sd["logit_scale"]) if "logit_scale" in sd else math.log(1 / 0.07),
+    }
+
+
+def _listed(keys: list[str]) -> str:
+    if not keys:
+        return "none"
+    more = f", ... (+{len(keys) - _MAX_LISTED} more)" if len(keys) > _MAX_LISTED else ""
+    return ", ".join(keys[:_MAX_LISTED]) + more
+
+
+def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
+    """Strictly load `sd` (our layout) into `model`, with an error that lists the mismatching keys.
+
+    A temporal head absent from the file is the one tolerated gap: CLIP weights initialise the frame encoder and
+    the head starts random (EmotionCLIP/EmoCLIP initialisation)."""
+    has_temporal = any(k.startswith("temporal.") for k in sd)
+    expected = model.state_dict()
+    missing = [k for k in expected if k not in sd and (has_temporal or not k.startswith("temporal."))]
+    unexpected = [k for k in sd if k not in expected]
+    shapes = [
+        f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
+        for k in expected
+        if k in sd and sd[k].shape != expected[k].shape
+    ]
+    if missing or unexpected or shapes:
+        raise ValueError(
+            f"weights in {source} do not match the model architecture.\n"
+            f"  missing keys ({len(missing)}): {_listed(missing)}\n"
+            f"  unexpected keys ({len(unexpected)}): {_listed(unexpected)}\n"
+            f"  shape mismatches ({len(shapes)}): {_listed(shapes)}\n"
+            "What to do: use the architecture the weights were trained with (create_model(path) infers it for "
+            "OpenAI/open_clip CLIP files; our own checkpoints carry their config), or pick the matching config "
+            "name from list_models(); check the vision_cfg/text_cfg overrides you passed."
+        )
+    model.load_state_dict(sd, strict=False)
+    if not has_temporal and getattr(model, "temporal", None) is not None:
+        log.info("%s has no temporal head weights; the temporal head keeps its random initialisation", source)
+
+
+def save_checkpoint(
+    model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, Any] | None = None
+) -> Path:
+    """Write the model's weights and config to ONE .safetensors file (atomically: temp file, then rename), so
+    `create_model(path)` re-creates it without any other file."""
+    path = Path(path)
+    if path.suffix != ".safetensors":
+        raise ValueError(f"checkpoints are written as .safetensors; got '{path.name}'")
+    config = getattr(model, "config", None)
+    if not config:
+        raise ValueError(
+            "model.config is empty; build the model with create_model() so its config can be saved"
+        )
+    metadata = {CONFIG_KEY: json.dumps(config), "format": "pt"}
+    for key, value in (extra_metadata or {}).items():
+        if key in metadata:
+            raise ValueError(f"extra_metadata key '{key}' is reserved")
+        metadata[key] = value if isinstance(value, str) else json.dumps(value)
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_file(tensors, str(tmp), metadata=metadata)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    return path

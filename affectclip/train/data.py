@@ -1,0 +1,110 @@
+"""Turn the `data` section of a training config into datasets.
+
+`data.train` / `data.val` name a source:
+* ``synthetic`` — the built-in synthetic face generator (the embedded default for demos and tests);
+* ``PATH.jsonl|csv|parquet[:SPLIT]`` — a manifest, optionally restricted to rows whose `split` equals SPLIT;
+* ``PATTERN.tar`` (glob) — WebDataset-style shards written by `affectclip data shard` (training only).
+"""
+
+from __future__ import annotations
+
+import glob
+from typing import Any
+
+from torch.utils.data import Dataset
+
+from affectclip.train.config import ConfigError, TrainConfig
+
+MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
+
+
+def split_source(source: str) -> tuple[str, str | None]:
+    """'manifest.jsonl:train' -> ('manifest.jsonl', 'train'); a bare path has no split filter."""
+    for suffix in MANIFEST_SUFFIXES:
+        marker = suffix + ":"
+        if marker in source:
+            path, split = source.split(marker, 1)
+            return path + suffix, split or None
+    return source, None
+
+
+def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | None, list[str]]:
+    """(train dataset, labelled validation dataset or None, class names in label-index order)."""
+    from affectclip.models.factory import create_transforms
+
+    if not cfg.data.train:
+        raise ConfigError("data.train is not set: pass data.train=PATH.jsonl[:split] (a manifest, see "
+                          "`affectclip data check`), shards (*.tar) or 'synthetic'")
+    image_size = cfg.data.image_size or model.config["vision_cfg"]["image_size"]
+    train_tf = create_transforms(model, train=True, **cfg.data.augment)
+    eval_tf = create_transforms(model, train=False)
+    if image_size != model.config["vision_cfg"]["image_size"]:
+        raise ConfigError(f"data.image_size={image_size} differs from the model's input size "
+                          f"{model.config['vision_cfg']['image_size']}; leave data.image_size unset")
+    train_ds, classes = _build(cfg, cfg.data.train, "train", train_tf)
+    val_ds = None
+    if cfg.data.val:
+        val_ds, val_classes = _build(cfg, cfg.data.val, "val", eval_tf)
+        classes = classes or val_classes
+    if cfg.data.classes:
+        classes = list(cfg.data.classes)
+    if val_ds is not None and not classes:
+        raise ConfigError("data.val is set but the class names are unknown; list them in data.classes")
+    return train_ds, val_ds, list(classes or [])
+
+
+def _build(cfg: TrainConfig, source: str, role: str, transform: Any) -> tuple[Dataset, list[str] | None]:
+    d = cfg.data
+    if source == "synthetic":
+        from affectclip.data.synthetic import SyntheticFaceDataset
+
+        syn = d.synthetic
+        allowed = {"n_train", "n_val", "image_size", "seed", "grayscale"}
+        unknown = set(syn) - allowed
+        if unknown:
+            raise ConfigError(f"unknown key(s) {sorted(unknown)} in data.synthetic; allowed: {sorted(allowed)}")
+        n = syn.get("n_train", 2048) if role == "train" else syn.get("n_val", 512)
+        ds = SyntheticFaceDataset(n, "train" if role == "train" else "test", seed=syn.get("seed", 0),
+                                  image_size=syn.get("image_size", 64), transform=transform,
+                                  video_frames=d.video_frames, grayscale=syn.get("grayscale", False))
+        return ds, list(ds.classes)
+    if source.endswith(".tar") or "*" in source:
+        if role != "train":
+            raise ConfigError(f"data.{role}: shards are for training; validate on a manifest")
+        from affectclip.data.shards import ShardDataset
+
+        urls = sorted(glob.glob(source))
+        if not urls:
+            raise ConfigError(f"data.train: no shard matches '{source}'")
+        return ShardDataset(urls, transform=transform, seed=cfg.run.seed), d.classes
+    path, split = split_source(source)
+    if not path.endswith(MANIFEST_SUFFIXES):
+        raise ConfigError(f"data.{role}='{source}' is neither 'synthetic', a manifest ({', '.join(MANIFEST_SUFFIXES)}"
+                          "[:split]) nor shards (*.tar)")
+    from affectclip.data.datasets import ManifestDataset
+    from affectclip.data.manifest import read_manifest
+
+    manifest = read_manifest(path)
+    if split is not None:
+        manifest = manifest.split(split)
+        if len(manifest) == 0:
+            raise ConfigError(f"data.{role}: manifest {path} has no rows with split '{split}'")
+    ds = ManifestDataset(manifest, transform, classes=d.classes, video_sampler=_video_sampler(cfg, role))
+    return ds, list(ds.classes) if getattr(ds, "classes", None) else d.classes
+
+
+def _video_sampler(cfg: TrainConfig, role: str) -> Any:
+    if cfg.data.video_frames <= 0:
+        return None
+    from affectclip.data.video import make_sampler
+
+    spec = dict(cfg.data.video_sampler or {"name": "uniform"})
+    spec.setdefault("num_frames", cfg.data.video_frames)
+    return make_sampler(train=role == "train", **spec)
+
+
+def make_collate():
+    """The batch collate of the data package (drops unreadable samples into batch['errors'])."""
+    from affectclip.data.datasets import collate
+
+    return collate

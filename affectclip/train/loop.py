@@ -1,0 +1,549 @@
+"""The training loop shared by every recipe.
+
+Methods plug in as *tasks* (train/tasks.py): `task.features(model, inputs)` returns per-sample tensors and
+`task.loss(features, step, total_steps)` turns them into losses. Keeping the two apart is what makes
+feature-caching accumulation (open_clip `--accum-freq`) correct for contrastive losses: micro-batches are first
+encoded without gradients, then each is re-encoded with gradients and contrasted against all cached features.
+
+Run folder layout:
+  config.yaml           the resolved config (a different run in the folder is refused)
+  log.jsonl             one JSON object per logged step and per validation
+  checkpoints/step_N/   model.safetensors, optimizer.pt, state.json (step, epoch, batch position, RNG)
+  latest.json           points at the newest complete checkpoint (written last, atomically)
+  best.safetensors      best validation model (validation split only, never test)
+  model.safetensors     final weights
+  run_summary.json      steps, time, throughput, final metrics, bad samples
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn as nn
+import yaml
+from torch.utils.data import DataLoader, Sampler
+
+from affectclip.train.config import ConfigError, TrainConfig
+from affectclip.train.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
+
+PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
+
+
+class TrainingError(RuntimeError):
+    """Training cannot continue (NaN loss, no data); the message names the step and samples involved."""
+
+
+# ----------------------------------------------------------------------------------------------- sampling
+
+
+class EpochSampler(Sampler[int]):
+    """Seeded per-epoch permutation, split evenly across ranks, able to skip the batches a resumed run has seen.
+
+    Each rank gets the same number of indices (the tail that does not divide evenly is dropped, never padded with
+    duplicates) so collective ops stay in step.
+    """
+
+    def __init__(self, n: int, batch_size: int, seed: int, info: DistInfo, shuffle: bool = True) -> None:
+        self.n, self.batch_size, self.seed, self.info, self.shuffle = n, batch_size, seed, info, shuffle
+        self.epoch, self.skip_batches = 0, 0
+        self.per_rank = n // info.world_size
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def batches_per_epoch(self) -> int:
+        return self.per_rank // self.batch_size
+
+    def __iter__(self):
+        if self.shuffle:
+            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+            order = torch.randperm(self.n, generator=g)
+        else:
+            order = torch.arange(self.n)
+        mine = order[self.info.rank :: self.info.world_size][: self.per_rank]
+        usable = self.batches_per_epoch() * self.batch_size
+        return iter(mine[self.skip_batches * self.batch_size : usable].tolist())
+
+    def __len__(self) -> int:
+        return max(0, self.batches_per_epoch() * self.batch_size - self.skip_batches * self.batch_size)
+
+
+# ----------------------------------------------------------------------------------------------- optimiser
+
+
+def _is_gain_or_bias(name: str, p: torch.Tensor) -> bool:
+    leaf = name.rsplit(".", 1)[-1]
+    return p.ndim < 2 or "bias" in leaf or any(part.startswith(("ln", "bn", "norm")) for part in name.split("."))
+
+
+def param_groups(model: nn.Module, task: nn.Module, cfg: TrainConfig) -> list[dict[str, Any]]:
+    """Optimiser groups: gains/biases, weights, new heads (temporal head + loss parameters), logit scale.
+
+    Mirrors EmotionCLIP's grouping (methods.md §2.6): gains and biases never get weight decay; every group's learning
+    rate is configurable (`optim.lr_gain_bias`, `lr_weights`, `lr_head`, `lr_logit_scale`, default `optim.lr`).
+    """
+    o = cfg.optim
+    groups: dict[str, dict[str, Any]] = {
+        "gain_bias": {"params": [], "lr": o.lr_gain_bias or o.lr, "weight_decay": 0.0},
+        "weights": {"params": [], "lr": o.lr_weights or o.lr, "weight_decay": o.weight_decay},
+        "head_gain_bias": {"params": [], "lr": o.lr_gain_bias or o.lr_head or o.lr, "weight_decay": 0.0},
+        "head_weights": {"params": [], "lr": o.lr_head or o.lr, "weight_decay": o.weight_decay},
+        "logit_scale": {"params": [], "lr": o.lr_logit_scale or o.lr, "weight_decay": 0.0},
+    }
+    named = [(n, p) for n, p in model.named_parameters()] + [(f"loss.{n}", p) for n, p in task.named_parameters()]
+    for name, p in named:
+        if not p.requires_grad:
+            continue
+        if name.endswith("logit_scale") or name.endswith("_scale"):
+            key = "logit_scale"
+        elif name.startswith(("temporal.", "loss.")):
+            key = "head_gain_bias" if _is_gain_or_bias(name, p) else "head_weights"
+        else:
+            key = "gain_bias" if _is_gain_or_bias(name, p) else "weights"
+        groups[key]["params"].append(p)
+    out = []
+    for key, g in groups.items():
+        if g["params"]:
+            g["name"], g["base_lr"] = key, g["lr"]
+            out.append(g)
+    if not out:
+        raise ConfigError("nothing to train: every parameter is frozen (check model.freeze_image / freeze_text)")
+    return out
+
+
+def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
+    o = cfg.optim
+    if o.name == "adamw":
+        fused = o.fused if o.fused is not None else device.type == "cuda"
+        return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
+                                 fused=fused or None)
+    if o.name == "sgd":
+        return torch.optim.SGD(groups, lr=o.lr, momentum=o.momentum, weight_decay=o.weight_decay)
+    raise ConfigError(f"optim.name '{o.name}' is unknown; use adamw or sgd")
+
+
+def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainConfig) -> float:
+    """Warm-up from 0, then cosine to 0 / constant / multi-step decay at epoch milestones."""
+    o = cfg.optim
+    if o.warmup_steps and step < o.warmup_steps:
+        return (step + 1) / o.warmup_steps
+    if o.schedule == "cosine":
+        span = max(1, total_steps - o.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - o.warmup_steps) / span)))
+    if o.schedule == "constant":
+        return 1.0
+    if o.schedule == "multistep":
+        epoch = step // max(1, steps_per_epoch)
+        return o.gamma ** sum(epoch >= m for m in o.milestones)
+    raise ConfigError(f"optim.schedule '{o.schedule}' is unknown; use cosine, constant or multistep")
+
+
+# ----------------------------------------------------------------------------------------------- run folder
+
+
+def _resolve_device(spec: str) -> torch.device:
+    if spec == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(spec)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"run.device={spec} but no CUDA device is visible here; use run.device=cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise ConfigError(f"run.device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
+    """Refuse to mix runs: an existing run folder needs --resume (same config) or --overwrite."""
+    existing = out / "config.yaml"
+    if existing.exists():
+        if overwrite:
+            for child in out.iterdir():
+                shutil.rmtree(child) if child.is_dir() else child.unlink()
+        elif resume:
+            old = yaml.safe_load(existing.read_text())
+            if old != cfg.to_dict():
+                diff = sorted(_diff_keys(old, cfg.to_dict()))
+                raise ConfigError(f"{out} holds a run with a different config (differs at: {', '.join(diff[:8])}); "
+                                  "use another --output or --overwrite")
+            return
+        else:
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
+    elif resume and (out / "latest.json").exists() is False and any(out.glob("*")):
+        raise ConfigError(f"--resume given but {out} holds no affectclip run")
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+
+
+def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in set(a) | set(b) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+def _atomic_write(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _rng_state() -> dict[str, Any]:
+    state = {"torch": torch.get_rng_state(), "numpy": np.random.get_state(), "python": random.getstate()}
+    if torch.cuda.is_available():
+        state["cuda"] = torch.cuda.get_rng_state_all()
+    return state
+
+
+def _set_rng_state(state: dict[str, Any]) -> None:
+    torch.set_rng_state(state["torch"])
+    np.random.set_state(state["numpy"])
+    random.setstate(state["python"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state_all(state["cuda"])
+
+
+def save_training_state(out: Path, model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler | None, position: dict[str, int], keep_last: int) -> Path:
+    """Write a complete checkpoint folder, then point latest.json at it (so a crash never leaves a half state)."""
+    from affectclip.models.checkpoint import save_checkpoint
+
+    for name, p in model.named_parameters():
+        if not torch.isfinite(p).all():
+            raise TrainingError(f"parameter {name} holds NaN/inf at step {position['step']}; not writing a checkpoint")
+    ckpt = out / "checkpoints" / f"step_{position['step']:08d}"
+    tmp = ckpt.with_name(ckpt.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    save_checkpoint(model, tmp / "model.safetensors")
+    torch.save({"optimizer": optimizer.state_dict(), "task": task.state_dict(),
+                "scaler": scaler.state_dict() if scaler is not None else None, "rng": _rng_state()},
+               tmp / "optimizer.pt")
+    (tmp / "state.json").write_text(json.dumps(position))
+    shutil.rmtree(ckpt, ignore_errors=True)
+    os.replace(tmp, ckpt)
+    _atomic_write(out / "latest.json", json.dumps({**position, "dir": str(ckpt.relative_to(out))}))
+    for old in sorted((out / "checkpoints").glob("step_*"))[:-keep_last] if keep_last > 0 else []:
+        if old.suffix != ".tmp":
+            shutil.rmtree(old, ignore_errors=True)
+    return ckpt
+
+
+def load_training_state(out: Path, model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer,
+                        scaler: torch.amp.GradScaler | None) -> dict[str, int]:
+    from affectclip.models.checkpoint import load_state_dict, load_weights
+
+    latest = json.loads((out / "latest.json").read_text())
+    ckpt = out / latest["dir"]
+    load_weights(model, load_state_dict(ckpt / "model.safetensors"), str(ckpt))
+    # weights_only=False is limited to our own optimizer file (RNG states are numpy/python objects).
+    state = torch.load(ckpt / "optimizer.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(state["optimizer"])
+    task.load_state_dict(state["task"])
+    if scaler is not None and state["scaler"] is not None:
+        scaler.load_state_dict(state["scaler"])
+    _set_rng_state(state["rng"])
+    return {k: int(latest[k]) for k in ("step", "epoch", "batch")}
+
+
+# ----------------------------------------------------------------------------------------------- the loop
+
+
+class _TaskForward(nn.Module):
+    """model + task behind one forward(), so DistributedDataParallel sees the whole graph."""
+
+    def __init__(self, model: nn.Module, task: nn.Module) -> None:
+        super().__init__()
+        self.model, self.task = model, task
+
+    def forward(self, inputs: dict[str, Any]) -> dict[str, Any]:
+        return self.task.features(self.model, inputs)
+
+
+def _concat_features(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    out = {}
+    for key in parts[0]:
+        vals = [p[key] for p in parts]
+        if isinstance(vals[0], torch.Tensor) and vals[0].ndim > 0:
+            out[key] = torch.cat(vals, 0)
+        elif isinstance(vals[0], list):
+            out[key] = [v for vs in vals for v in vs]
+        else:
+            out[key] = vals[0]
+    return out
+
+
+class _Logger:
+    def __init__(self, out: Path | None, tensorboard: bool) -> None:
+        self.file = open(out / "log.jsonl", "a") if out else None  # noqa: SIM115 - closed in close()
+        self.tb = None
+        if out and tensorboard:
+            try:
+                from torch.utils.tensorboard import SummaryWriter
+            except ImportError as exc:
+                raise ConfigError("run.tensorboard=true needs the tensorboard package (pip install tensorboard)") from exc
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def log(self, record: dict[str, Any]) -> None:
+        if self.file:
+            self.file.write(json.dumps(record) + "\n")
+            self.file.flush()
+        if self.tb:
+            for k, v in record.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(k, v, record["step"])
+
+    def close(self) -> None:
+        if self.file:
+            self.file.close()
+        if self.tb:
+            self.tb.close()
+
+
+def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool = False,
+          overwrite: bool = False) -> dict[str, Any]:
+    """Run a training config; returns the run summary (also written to run_summary.json)."""
+    from affectclip.models.factory import create_model, get_tokenizer
+    from affectclip.train.data import build_datasets, make_collate
+    from affectclip.train.tasks import build_task
+
+    device = _resolve_device(cfg.run.device)
+    info = init_distributed(device.type)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    if cfg.run.precision not in ("fp32", "bf16", "fp16"):
+        raise ConfigError(f"run.precision '{cfg.run.precision}' is unknown; use fp32, bf16 or fp16")
+    out = Path(output_dir) if output_dir else None
+    if out is not None and info.is_main:
+        prepare_output_dir(out, cfg, resume, overwrite)
+    torch.manual_seed(cfg.run.seed + info.rank)
+    np.random.seed(cfg.run.seed + info.rank)
+    random.seed(cfg.run.seed + info.rank)
+    if device.type == "cuda":
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+
+    model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **cfg.model.overrides)
+    if cfg.model.reset_logit_scale is not None:
+        with torch.no_grad():
+            model.logit_scale.fill_(cfg.model.reset_logit_scale)
+    if cfg.model.freeze_image:
+        model.visual.requires_grad_(False)
+    if cfg.model.freeze_text:
+        model.text.requires_grad_(False)
+    if cfg.run.grad_checkpointing:
+        for tower in (model.visual, model.text):
+            if hasattr(tower, "set_grad_checkpointing"):
+                tower.set_grad_checkpointing(True)
+    model.to(device)
+    if cfg.run.channels_last:
+        model.to(memory_format=torch.channels_last)
+    tokenizer = get_tokenizer(model)
+    train_ds, val_ds, classes = build_datasets(cfg, model)
+    task = build_task(cfg, model, tokenizer, info).to(device)
+
+    sampler = EpochSampler(len(train_ds), cfg.data.batch_size, cfg.run.seed, info)
+    steps_per_epoch = sampler.batches_per_epoch() // cfg.run.accum_freq
+    if steps_per_epoch == 0:
+        raise TrainingError(f"the training set has {len(train_ds)} samples: fewer than one batch of "
+                            f"{cfg.data.batch_size} x accum {cfg.run.accum_freq} per rank; lower data.batch_size")
+    total_steps = steps_per_epoch * cfg.run.epochs
+    if cfg.run.max_steps:
+        total_steps = min(total_steps, cfg.run.max_steps)
+    loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                        collate_fn=make_collate(), drop_last=True, pin_memory=device.type == "cuda",
+                        # own generator: creating an iterator must not consume the global RNG, or a resumed run's
+                        # augmentation would drift from the uninterrupted run's
+                        generator=torch.Generator().manual_seed(cfg.run.seed))
+
+    groups = param_groups(model, task, cfg)
+    optimizer = build_optimizer(groups, cfg, device)
+    scaler = torch.amp.GradScaler(device.type) if cfg.run.precision == "fp16" else None
+    fwd: nn.Module = _TaskForward(model, task)
+    if info.enabled:
+        fwd = nn.parallel.DistributedDataParallel(fwd, device_ids=[device.index] if device.type == "cuda" else None)
+    if cfg.run.compile:
+        fwd = torch.compile(fwd)
+    autocast = (torch.autocast(device.type, dtype=PRECISION_DTYPES[cfg.run.precision])
+                if cfg.run.precision in PRECISION_DTYPES else contextlib.nullcontext())
+
+    position = {"step": 0, "epoch": 0, "batch": 0}
+    if resume and out is not None and (out / "latest.json").exists():
+        position = load_training_state(out, model, task, optimizer, scaler)
+    logger = _Logger(out if info.is_main else None, cfg.run.tensorboard)
+    errors: list[dict[str, Any]] = []
+    history: list[dict[str, Any]] = []
+    val_results: list[dict[str, Any]] = []
+    best = -math.inf
+    step, t_start, samples_seen = position["step"], time.time(), 0
+    progress = _progress(cfg, info, total_steps, step)
+
+    try:
+        for epoch in range(position["epoch"], cfg.run.epochs):
+            if step >= total_steps:
+                break
+            skip = position["batch"] if epoch == position["epoch"] else 0
+            sampler.set_epoch(epoch, skip_batches=skip)
+            batch_index = skip
+            micro: list[dict[str, Any]] = []
+            t_data = time.time()
+            for batch in loader:
+                errors.extend(batch.pop("errors", []))
+                batch_index += 1
+                if "index" not in batch:  # every sample of this batch failed to load
+                    continue
+                micro.append(task.prepare(batch, device))
+                if len(micro) < cfg.run.accum_freq:
+                    continue
+                data_time = time.time() - t_data
+                lr_mult = lr_multiplier(step, total_steps, steps_per_epoch, cfg)
+                for g in optimizer.param_groups:
+                    g["lr"] = g["base_lr"] * lr_mult
+                losses = _optimizer_step(fwd, task, micro, optimizer, scaler, autocast, cfg, step, total_steps, model)
+                model.clamp_logit_scale()
+                task.after_step(model, step)
+                n = sum(len(m["index"]) for m in micro) * info.world_size
+                samples_seen += n
+                micro = []
+                step += 1
+                batch_time = time.time() - t_data
+                record = {"step": step, "epoch": epoch, **losses, "lr": optimizer.param_groups[0]["lr"],
+                          "logit_scale": float(model.logit_scale.detach().exp()), "samples_per_s": n / max(batch_time, 1e-9),
+                          "data_time": data_time, "batch_time": batch_time}
+                history.append(record)
+                if step % cfg.run.log_every == 0 or step == total_steps:
+                    logger.log(record)
+                if progress:
+                    progress.update(step, record)
+                if out is not None and info.is_main and cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0:
+                    save_training_state(out, model, task, optimizer, scaler,
+                                        {"step": step, "epoch": epoch, "batch": batch_index}, cfg.run.keep_last)
+                t_data = time.time()
+                if step >= total_steps:
+                    break
+            position["batch"] = 0
+            last_epoch = epoch + 1 == cfg.run.epochs or step >= total_steps
+            if val_ds is not None and info.is_main and ((epoch + 1) % cfg.run.eval_every_epochs == 0 or last_epoch):
+                res = validate(model, tokenizer, val_ds, classes, cfg, device)
+                res.update(step=step, epoch=epoch + 1)
+                val_results.append(res)
+                logger.log({"step": step, **{f"val_{k}": v for k, v in res.items() if isinstance(v, (int, float))}})
+                metric = res.get(cfg.run.best_metric or "", None)
+                if out is not None and metric is not None and metric > best:
+                    from affectclip.models.checkpoint import save_checkpoint
+
+                    best = metric
+                    save_checkpoint(model, out / "best.safetensors", {"step": step, cfg.run.best_metric: metric})
+            if out is not None and info.is_main:
+                save_training_state(out, model, task, optimizer, scaler,
+                                    {"step": step, "epoch": epoch + 1, "batch": 0}, cfg.run.keep_last)
+    finally:
+        if progress:
+            progress.close()
+        logger.close()
+
+    summary = {
+        "method": cfg.method, "steps": step, "epochs": cfg.run.epochs, "world_size": info.world_size,
+        "device": str(device), "seconds": time.time() - t_start,
+        "samples_per_s": samples_seen / max(time.time() - t_start, 1e-9),
+        "final": {k: v for k, v in history[-1].items()} if history else {},
+        "validation": val_results, "bad_samples": len(errors), "bad_sample_list": errors[:1000],
+        "truncated_texts": int(getattr(tokenizer, "truncated", 0)),
+    }
+    if out is not None and info.is_main:
+        from affectclip.models.checkpoint import save_checkpoint
+
+        save_checkpoint(model, out / "model.safetensors")
+        _atomic_write(out / "run_summary.json", json.dumps(summary, indent=2, default=str))
+    cleanup(info)
+    summary["model"] = model
+    return summary
+
+
+def _optimizer_step(fwd, task, micro, optimizer, scaler, autocast, cfg: TrainConfig, step: int, total_steps: int,
+                    model: nn.Module) -> dict[str, float]:
+    """One optimiser step over `micro` (1 micro-batch, or feature-caching accumulation over several)."""
+    optimizer.zero_grad(set_to_none=True)
+    if len(micro) == 1:
+        with autocast:
+            feats = fwd(micro[0])
+        out = task.loss(feats, step, total_steps)
+        _check_finite(out, micro, step)
+        _backward(out["loss"], scaler)
+    else:
+        with torch.no_grad(), autocast:
+            cached = [fwd(m) for m in micro]
+        for j, m in enumerate(micro):
+            with autocast:
+                fresh = fwd(m)
+            out = task.loss(_concat_features(cached[:j] + [fresh] + cached[j + 1 :]), step, total_steps)
+            _check_finite(out, micro, step)
+            _backward(out["loss"], scaler)
+    if cfg.optim.grad_clip:
+        if scaler is not None:
+            scaler.unscale_(optimizer)
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g["params"]], cfg.optim.grad_clip)
+    if scaler is not None:
+        scaler.step(optimizer)
+        scaler.update()
+    else:
+        optimizer.step()
+    return {k: float(v.detach()) if isinstance(v, torch.Tensor) else float(v) for k, v in out.items()}
+
+
+def _backward(loss: torch.Tensor, scaler: torch.amp.GradScaler | None) -> None:
+    (scaler.scale(loss) if scaler is not None else loss).backward()
+
+
+def _check_finite(out: dict[str, Any], micro: list[dict[str, Any]], step: int) -> None:
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        ids = [i for m in micro for i in m.get("ids", m["index"])][:20]
+        terms = {k: float(v) for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+        raise TrainingError(f"loss is {float(loss)} at step {step + 1} (terms {terms}); batch samples {ids}. "
+                            "No checkpoint was written for this step; the last good checkpoint is intact. "
+                            "Lower optim.lr, use run.precision=fp32 or bf16, or check these samples.")
+
+
+@torch.no_grad()
+def validate(model: nn.Module, tokenizer, val_ds, classes: list[str], cfg: TrainConfig,
+             device: torch.device) -> dict[str, Any]:
+    """Zero-shot classification of the labelled validation split with the recipe's prompts."""
+    from affectclip.eval.prompts import build_prompts
+    from affectclip.eval.zeroshot import evaluate_zero_shot
+
+    was_training = model.training
+    res = evaluate_zero_shot(model, tokenizer, val_ds, classes, build_prompts(classes, cfg.eval.prompts),
+                             agg=cfg.eval.agg, batch_size=cfg.data.batch_size, device=str(device))
+    model.train(was_training)
+    keep = ("war", "uar", "n_samples", "n_failures", "per_class_recall", "confusion_matrix")
+    return {k: v for k, v in res["metrics"].items() if k in keep}
+
+
+class _RichProgress:
+    def __init__(self, total: int, start: int) -> None:
+        from rich.progress import BarColumn, Progress, TextColumn, TimeRemainingColumn
+
+        self.bar = Progress(TextColumn("train"), BarColumn(), TextColumn("{task.completed}/{task.total}"),
+                            TextColumn("{task.fields[info]}"), TimeRemainingColumn(), transient=False)
+        self.task = self.bar.add_task("train", total=total, completed=start, info="")
+        self.bar.start()
+
+    def update(self, step: int, record: dict[str, Any]) -> None:
+        info = f"loss {record['loss']:.3f}  lr {record['lr']:.2e}  {record['samples_per_s']:.0f} samples/s"
+        self.bar.update(self.task, completed=step, info=info)
+
+    def close(self) -> None:
+        self.bar.stop()
+
+
+def _progress(cfg: TrainConfig, info: DistInfo, total: int, start: int) -> _RichProgress | None:
+    return _RichProgress(total, start) if cfg.run.progress and info.is_main else None

@@ -1,0 +1,107 @@
+"""Result records, tables, confusion PNG and the `affectclip eval` command (bad inputs and an end-to-end run)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from affectclip.cli import main
+from affectclip.eval.results import (
+    build_table,
+    make_record,
+    plot_confusion,
+    to_markdown,
+    write_record,
+    write_table,
+)
+
+
+def fake_result(war):
+    return {"metrics": {"war": war, "uar": war - 5, "n_samples": 10, "confusion_matrix": [[3, 1], [2, 4]],
+                        "per_class_recall": {"a": 75.0, "b": 66.7}},
+            "failures": {"count": 1, "examples": []}, "prompts": {"a": ["an expression of a."]}, "prompt_agg": "logit"}
+
+
+def test_record_fields_and_table(tmp_path):
+    split_file = tmp_path / "split.txt"
+    split_file.write_text("x 1\n")
+    for fold, war in ((1, 50.0), (2, 70.0)):
+        rec = make_record(model="ViT-B-32", benchmark="dfew", split="test", fold=fold, task="zeroshot",
+                          classes=["a", "b"], result=fake_result(war), split_files=[split_file], prompt_set="expression")
+        path = write_record(rec, tmp_path / "res")
+    saved = json.loads(path.read_text())
+    assert path.name == "dfew_test_fold2_ViT-B-32_zeroshot.json"
+    for key in ("model", "weights", "benchmark", "split", "fold", "task", "classes", "split_file_sha256", "prompts",
+                "prompt_agg", "n_samples", "metrics", "failures", "package_version", "git_commit", "timestamp"):
+        assert key in saved, key
+    assert len(next(iter(saved["split_file_sha256"].values()))) == 64
+    (tmp_path / "res" / "notes.json").write_text('{"other": 1}')  # unrelated JSON is ignored
+    df = build_table(tmp_path / "res")
+    assert list(df["fold"]) == [1, 2] and list(df["war"]) == [50.0, 70.0] and list(df["n_failures"]) == [1, 1]
+    md = to_markdown(df)
+    assert "| 50.00 |" in md and md.count("\n") == 4
+    write_table(df, tmp_path / "t.csv", "csv")
+    assert "war" in (tmp_path / "t.csv").read_text().splitlines()[0]
+    png = plot_confusion([[3, 1], [0, 0]], ["a", "b"], tmp_path / "cm.png")
+    assert Image.open(png).size[0] > 100
+    with pytest.raises(FileNotFoundError):
+        build_table(tmp_path / "nothing")
+
+
+def test_cli_list_and_bad_inputs(tmp_path, capsys):
+    assert main(["eval", "--list"]) == 0
+    assert "EmoLabel_DataSplit" in capsys.readouterr().out
+    base = ["eval", "run", "--model", "tiny-vit", "--output", str(tmp_path / "out")]
+    assert main([*base, "--benchmark", "rafdb", "--root", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "raf").mkdir()
+    assert main([*base, "--benchmark", "rafdb", "--root", str(tmp_path / "raf")]) == 2
+    assert "list_patition_label.txt" in capsys.readouterr().err
+    (tmp_path / "raf" / "EmoLabel").mkdir()
+    (tmp_path / "raf" / "EmoLabel" / "list_patition_label.txt").write_text("train_00001.jpg 1\n")
+    assert main([*base, "--benchmark", "rafdb", "--root", str(tmp_path / "raf")]) == 2
+    assert "empty" in capsys.readouterr().err
+    (tmp_path / "rav" / "Actor_01").mkdir(parents=True)
+    (tmp_path / "rav" / "Actor_01" / "03-01-02-01-01-01-01.mp4").write_bytes(b"x")
+    assert main([*base, "--benchmark", "ravdess", "--root", str(tmp_path / "rav"), "--prompts", "descriptions"]) == 2
+    assert "calm" in capsys.readouterr().err  # class names vs prompt set mismatch
+    assert main([*base, "--benchmark", "nope", "--root", str(tmp_path)]) == 2
+    assert main([*base, "--benchmark", "jaffe", "--root", str(tmp_path), "--task", "linear_probe"]) == 2
+
+
+def fake_ferplus(root, n_per_class=4):
+    rng = np.random.default_rng(0)
+    rows = ["path,label,split"]
+    for split in ("train", "valid"):
+        for c in ("neutral", "happiness", "surprise"):
+            for i in range(n_per_class):
+                rel = f"images/{split}/{c}{i}.png"
+                (root / rel).parent.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(root / rel)
+                rows.append(f"{rel},{c},{split}")
+    (root / "labels.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_cli_end_to_end_zeroshot_probe_table(tmp_path, bpe_path, monkeypatch, capsys):
+    monkeypatch.setenv("AFFECTCLIP_BPE_PATH", str(bpe_path))
+    fake_ferplus(tmp_path / "fp")
+    out = tmp_path / "out"
+    common = ["eval", "run", "--model", "tiny-vit", "--benchmark", "ferplus", "--root", str(tmp_path / "fp"),
+              "--split", "valid", "--output", str(out), "--batch-size", "5"]
+    assert main([*common, "--prompts", "expclip5", "--agg", "logit"]) == 0
+    rec = json.loads((out / "ferplus_valid_tiny-vit_zeroshot.json").read_text())
+    assert rec["n_samples"] == 12 and rec["prompt_agg"] == "logit" and rec["failures"]["count"] == 0
+    assert rec["prompts"]["neutral"][0] == "an expression of neutral."
+    assert rec["metrics"]["n_classes_present"] == 3 and rec["metrics"]["classes_absent"][0] == "sadness"
+    assert (out / "ferplus_valid_tiny-vit_zeroshot.png").exists()
+    assert main([*common, "--task", "linear_probe", "--probe-c", "1.0"]) == 0
+    rec = json.loads((out / "ferplus_valid_tiny-vit_linear_probe.json").read_text())
+    assert rec["probe"]["C"] == 1.0 and rec["metrics"]["n_samples"] == 12
+    assert len(list((out / "features").glob("*.npz"))) == 2  # valid split features reused across tasks
+    capsys.readouterr()
+    assert main(["eval", "table", str(out)]) == 0
+    table = capsys.readouterr().out
+    assert "zeroshot" in table and "linear_probe" in table

@@ -1,0 +1,66 @@
+"""CLIP BPE tokenizer: exact open_clip ids, truncation policies, locating the merges file."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from affectclip.models import tokenizer as tokmod
+from affectclip.models.tokenizer import EOT_ID, SOT_ID, CLIPTokenizer
+
+
+def test_reproduces_open_clip_ids(testvectors_dir, bpe_path):
+    vectors = json.loads((testvectors_dir / "tokenizer_vectors.json").read_text())
+    tok = CLIPTokenizer(bpe_path=bpe_path)
+    ids = tok(vectors["strings"])
+    assert ids.dtype == torch.int64 and ids.shape == (len(vectors["strings"]), 77)
+    assert ids.tolist() == vectors["ids"]
+    assert tok(vectors["strings"][0]).tolist() == [vectors["ids"][0]]
+    assert tok.vocab_size == 49408 and tok.truncated == 0
+
+
+def test_truncation_keeps_or_drops_eot(bpe_path):
+    text = " ".join(f"word{i}" for i in range(60))  # far more than 77 BPE tokens
+    full = CLIPTokenizer(context_length=77, bpe_path=bpe_path).encode(text)
+    assert len(full) > 76
+    keep = CLIPTokenizer(bpe_path=bpe_path)
+    ids = keep([text, "short"])
+    assert ids[0, 0] == SOT_ID and ids[0, -1] == EOT_ID and ids[0, 1:76].tolist() == full[:75]
+    assert keep.truncated == 1
+    drop = CLIPTokenizer(bpe_path=bpe_path, truncate_keep_eot=False)  # EmotionCLIP's fork
+    ids = drop(text)
+    assert ids[0, 1:].tolist() == full[:76] and EOT_ID not in ids[0].tolist()
+    assert drop.truncated == 1
+
+
+def test_short_context_length(bpe_path):
+    ids = CLIPTokenizer(context_length=8, bpe_path=bpe_path)("a photo of a happy face")
+    assert ids.tolist() == [[SOT_ID, 320, 1125, 539, 320, 900, 1710, EOT_ID]]
+
+
+def test_bpe_path_from_environment(bpe_path, monkeypatch):
+    monkeypatch.setenv("AFFECTCLIP_BPE_PATH", str(bpe_path))
+    assert CLIPTokenizer().bpe_path == bpe_path
+
+
+def test_missing_bpe_file_lists_the_three_options(monkeypatch, tmp_path):
+    monkeypatch.delenv("AFFECTCLIP_BPE_PATH", raising=False)
+    monkeypatch.setattr(tokmod, "_BPE_PACKAGES", ("affectclip_no_such_package",))
+    with pytest.raises(FileNotFoundError) as err:
+        CLIPTokenizer()
+    message = str(err.value)
+    assert "bpe_path=" in message and "AFFECTCLIP_BPE_PATH" in message and "open-clip-torch" in message
+    with pytest.raises(FileNotFoundError, match="bpe_path="):
+        CLIPTokenizer(bpe_path=tmp_path / "missing.txt.gz")
+
+
+def test_wrong_merges_file_is_rejected(tmp_path):
+    import gzip
+
+    bad = tmp_path / "bpe.txt.gz"
+    with gzip.open(bad, "wt") as handle:
+        handle.write("header\na b\n")
+    with pytest.raises(ValueError, match="not the CLIP merges file"):
+        CLIPTokenizer(bpe_path=bad)
