@@ -11,6 +11,9 @@ import importlib
 import sys
 
 from affectclip._env import apply_offline_defaults
+from affectclip.errors import RunError, UserError
+
+__all__ = ["RunError", "UserError", "build_parser", "main"]
 
 COMMAND_MODULES = [
     "affectclip.train.commands",
@@ -18,10 +21,6 @@ COMMAND_MODULES = [
     "affectclip.eval.commands",
     "affectclip.infer.commands",
 ]
-
-
-class UserError(Exception):
-    """An error caused by the user's input: printed as one clear line, exit code 2, no traceback."""
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,6 +52,9 @@ def main(argv: list[str] | None = None) -> int:
     except UserError as exc:
         print(f"affectclip {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except RunError as exc:
+        print(f"affectclip {args.command}: stopped: {exc}", file=sys.stderr)
+        return 1
     except (FileNotFoundError, ValueError, KeyError) as exc:
         msg = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"affectclip {args.command}: error: {msg}", file=sys.stderr)

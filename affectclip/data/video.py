@@ -13,12 +13,12 @@ Samplers reproduce the published protocols (methods.md §2.3, §3.2; evaluation.
 from __future__ import annotations
 
 import json
-from typing import Any
 import math
 import re
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image

@@ -76,7 +76,7 @@ def write_table(df, path: str | Path) -> Path:
 def _report_failures(df) -> int:
     """Print failed inputs and why to stderr; return the exit status (1 when nothing at all was processed)."""
     failed = df[df["status"].str.startswith("error")]
-    for source, status in zip(failed["source"], failed["status"]):
+    for source, status in zip(failed["source"], failed["status"], strict=True):
         print(f"  failed: {source}: {status.removeprefix('error: ')}", file=sys.stderr)
     n_sources = df["source"].nunique()
     if len(failed):
@@ -135,6 +135,7 @@ def _embed(args: argparse.Namespace) -> int:
 def _search(args: argparse.Namespace) -> int:
     from affectclip.infer.predictor import load, load_embeddings
 
+    _check_suffix(args.out, TABLE_FORMATS, "--out")
     meta, emb, info = load_embeddings(args.index)
     model_path = args.model or info.get("model") or None
     if model_path and not Path(model_path).is_file():
@@ -144,7 +145,6 @@ def _search(args: argparse.Namespace) -> int:
     columns = [c for c in ("rank", "score", "source", "level", "frame", "timestamp", "face_id", "start", "end")
                if c in hits.columns]
     if args.out:
-        _check_suffix(args.out, TABLE_FORMATS, "--out")
         write_table(hits, args.out)
         print(f"wrote {len(hits)} results to {args.out}")
     else:

@@ -38,7 +38,7 @@ def plot_video(df: pd.DataFrame, labels: list[str], path: Path) -> Path:
     faces = ok["face_id"].value_counts().index[:MAX_FACE_PANELS].sort_values()
     n = max(1, len(faces))
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), sharex=True, squeeze=False)
-    for ax, face_id in zip(axes[:, 0], faces):
+    for ax, face_id in zip(axes[:, 0], faces, strict=False):
         track = ok[ok["face_id"] == face_id].sort_values("timestamp")
         for label in labels:
             ax.plot(track["timestamp"], track[label], marker=".", label=label)

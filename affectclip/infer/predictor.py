@@ -93,7 +93,7 @@ def resolve_labels(
     if empty:
         raise ValueError(f"labels at positions {empty} are empty; remove them")
     folded = [label.lower() for label in labels]
-    dups = sorted({label for label, key in zip(labels, folded) if folded.count(key) > 1})
+    dups = sorted({label for label, key in zip(labels, folded, strict=True) if folded.count(key) > 1})
     if dups:
         raise ValueError(f"duplicate labels {dups}; each label must appear once")
     reserved = [label for label in labels if label in META_COLUMNS + RESULT_COLUMNS]
@@ -178,6 +178,8 @@ class EmotionModel:
         if fps is not None and not fps > 0:
             raise ValueError(f"fps must be > 0 (or None for every frame), got {fps}")
         items = discover(inputs)
+        if detect_faces and items:
+            _ = self.detector  # a detector that cannot be built is a setup error, not one error row per file
         rows: list[dict] = []
         feats: dict[int, np.ndarray] = {}
         pending: list[tuple[int, torch.Tensor]] = []
@@ -275,7 +277,7 @@ class EmotionModel:
         df = _frame(rows)
         for j, label in enumerate(clf.classes):
             df[label] = probs[:, j]
-        df["top_label"] = pd.Series([clf.classes[j] if o else None for j, o in zip(probs.argmax(1), ok)], dtype=object)
+        df["top_label"] = pd.Series([clf.classes[j] if o else None for j, o in zip(probs.argmax(1), ok, strict=True)], dtype=object)
         df["top_score"] = np.where(ok, np.nan_to_num(probs).max(1), np.nan)
         df = df[[*META_COLUMNS, *clf.classes, *RESULT_COLUMNS]]
         df.attrs["labels"] = list(clf.classes)

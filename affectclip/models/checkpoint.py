@@ -221,7 +221,9 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> 
     the head starts random (EmotionCLIP/EmoCLIP initialisation)."""
     has_temporal = any(k.startswith("temporal.") for k in sd)
     expected = model.state_dict()
-    missing = [k for k in expected if k not in sd and (has_temporal or not k.startswith("temporal."))]
+    external = tuple((getattr(model, "config", None) or {}).get("external_weights") or ())
+    missing = [k for k in expected if k not in sd and (has_temporal or not k.startswith("temporal."))
+               and not (external and k.startswith(external))]
     unexpected = [k for k in sd if k not in expected]
     shapes = [
         f"{k}: file {tuple(sd[k].shape)} vs model {tuple(expected[k].shape)}"
@@ -247,7 +249,11 @@ def save_checkpoint(
     model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, Any] | None = None
 ) -> Path:
     """Write the model's weights and config to ONE .safetensors file (atomically: temp file, then rename), so
-    `create_model(path)` re-creates it without any other file."""
+    `create_model(path)` re-creates it without any other file.
+
+    Key prefixes listed in the config's `external_weights` (e.g. ["text.bert."] for a frozen MiniLM) are left out:
+    building the model loads them from their own installed package, which keeps a shipped file small. Leaving out a
+    trainable parameter would lose trained weights, so that is an error."""
     path = Path(path)
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoints are written as .safetensors; got '{path.name}'")
@@ -261,7 +267,13 @@ def save_checkpoint(
         if key in metadata:
             raise ValueError(f"extra_metadata key '{key}' is reserved")
         metadata[key] = value if isinstance(value, str) else json.dumps(value)
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()}
+    external = tuple(config.get("external_weights") or ())
+    trained = [n for n, p in model.named_parameters() if p.requires_grad and external and n.startswith(external)]
+    if trained:
+        raise ValueError(f"external_weights {list(external)} covers trainable parameters ({_listed(trained)}); "
+                         "their trained values would be lost: freeze them or drop the prefix from the config")
+    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
+               if not (external and k.startswith(external))}
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:

@@ -43,6 +43,7 @@ TOWER_MODULES = {
     "clip": "affectclip.models.text_clip",
     "mobilenet_v2": "affectclip.models.mobilenet_v2",
     "efficientnet_lite0": "affectclip.models.efficientnet_lite",
+    "small_cnn": "affectclip.models.small_cnn",
     "minilm": "affectclip.models.text_minilm",
 }
 TEMPORAL_MODULE = "affectclip.models.temporal"

@@ -173,7 +173,8 @@ class CNNTower(nn.Module):
         nn.init.zeros_(self.proj.bias)
         cells = math.ceil(self.image_size / downsample)  # every stride-2 stage uses "same" padding: ceil(n / 2)
         self.grid_size = (cells, cells)
-        backbone.imagenet_head.requires_grad_(False)
+        if getattr(backbone, "imagenet_head", None) is not None:  # pretrained classifiers are kept, never trained
+            backbone.imagenet_head.requires_grad_(False)
         if self.freeze_backbone:
             self.backbone.requires_grad_(False)
             self.backbone.eval()

@@ -33,13 +33,14 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader, Sampler
 
+from affectclip.errors import RunError
 from affectclip.train.config import ConfigError, TrainConfig
-from affectclip.train.distributed import DistInfo, all_reduce_mean, cleanup, init_distributed
+from affectclip.train.distributed import DistInfo, cleanup, init_distributed
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
 
-class TrainingError(RuntimeError):
+class TrainingError(RunError):
     """Training cannot continue (NaN loss, no data); the message names the step and samples involved."""
 
 
@@ -165,23 +166,24 @@ def _resolve_device(spec: str) -> torch.device:
 def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an existing run folder needs --resume (same config) or --overwrite."""
     existing = out / "config.yaml"
+    current = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # compare as YAML sees it
     if existing.exists():
         if overwrite:
             for child in out.iterdir():
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         elif resume:
             old = yaml.safe_load(existing.read_text())
-            if old != cfg.to_dict():
-                diff = sorted(_diff_keys(old, cfg.to_dict()))
+            if old != current:
+                diff = sorted(_diff_keys(old, current))
                 raise ConfigError(f"{out} holds a run with a different config (differs at: {', '.join(diff[:8])}); "
                                   "use another --output or --overwrite")
             return
         else:
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
-    elif resume and (out / "latest.json").exists() is False and any(out.glob("*")):
-        raise ConfigError(f"--resume given but {out} holds no affectclip run")
+    elif out.exists() and any(out.iterdir()) and not overwrite:
+        raise ConfigError(f"{out} is not empty and holds no affectclip run; choose an empty or new --output folder")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "config.yaml", yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+    _atomic_write(out / "config.yaml", yaml.safe_dump(current, sort_keys=False))
 
 
 def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
@@ -507,7 +509,7 @@ def _check_finite(out: dict[str, Any], micro: list[dict[str, Any]], step: int) -
     loss = out["loss"]
     if not torch.isfinite(loss):
         ids = [i for m in micro for i in m.get("ids", m["index"])][:20]
-        terms = {k: float(v) for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
+        terms = {k: float(v.detach()) for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
         raise TrainingError(f"loss is {float(loss)} at step {step + 1} (terms {terms}); batch samples {ids}. "
                             "No checkpoint was written for this step; the last good checkpoint is intact. "
                             "Lower optim.lr, use run.precision=fp32 or bf16, or check these samples.")

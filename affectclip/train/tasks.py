@@ -109,7 +109,11 @@ class ContrastiveTask(Task):
         return inputs
 
     def features(self, model: nn.Module, inputs: dict[str, Any]) -> dict[str, Any]:
-        return {"image": self.encode_visual(model, inputs), "text": model.encode_text(inputs["tokens"]),
+        # Captions built from labels/vote distributions repeat a lot within a batch: encode each distinct token row
+        # once and scatter back (same features and gradients; a trainable text tower draws one dropout mask per
+        # distinct caption instead of one per row).
+        unique, inverse = torch.unique(inputs["tokens"], dim=0, return_inverse=True)
+        return {"image": self.encode_visual(model, inputs), "text": model.encode_text(unique)[inverse],
                 "scale": model.logit_scale.exp(), "keys": inputs["keys"], "labels": inputs["labels"]}
 
     def targets(self, f: dict[str, Any]) -> torch.Tensor | None:
