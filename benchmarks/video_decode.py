@@ -3,7 +3,8 @@
 Generates a 640×480, 30 fps, 10 s H.264 video (moving gradient + noise so the encoder does real work; GOP 30, i.e.
 one keyframe per second as in typical web video), then times `affectclip.data.video.read_frames` per backend.
 "Frames/s" counts returned frames, so sampled reads show how much seeking/skipping saves per delivered frame.
-Runs in well under a minute on 2 CPU cores:
+Also "batches/s delivered": 16 short clips through ManifestDataset (8 uniform frames, 224 px transform) and a
+DataLoader with 0 and 2 workers (batch 4). Runs in about a minute on 2 CPU cores:
 
     python benchmarks/video_decode.py [--out benchmarks/RESULTS_video_decode.json] [--repeats 3]
 """
@@ -53,6 +54,27 @@ def time_read(path: Path, indices: list[int], backend: str, repeats: int) -> flo
     return statistics.median(times)
 
 
+def time_loader(folder: Path, workers: int, clips: int = 16, batch: int = 4, frames: int = 8) -> dict:
+    """Batches/s that a DataLoader delivers from a video manifest (decode + sample + transform + collate)."""
+    import torch
+
+    from affectclip.data.datasets import ManifestDataset, collate
+    from affectclip.data.transforms import CLIP_MEAN, CLIP_STD, ImageTransform
+
+    manifest = folder / "clips.jsonl"
+    if not manifest.exists():
+        src = make_video(folder / "clip.mp4", width=320, height=240, seconds=2)
+        rows = [{"path": src.name, "caption": f"clip {i}", "label": "neutral", "id": f"c{i}"} for i in range(clips)]
+        manifest.write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    ds = ManifestDataset(manifest, ImageTransform(224, CLIP_MEAN, CLIP_STD), video_sampler=UniformSampler(frames))
+    loader = torch.utils.data.DataLoader(ds, batch_size=batch, num_workers=workers, collate_fn=collate)
+    t0 = time.perf_counter()
+    n = sum(1 for b in loader if "video" in b)
+    sec = time.perf_counter() - t0
+    return {"case": f"loader {workers} workers", "backend": "pyav", "frames": clips * frames, "seconds": round(sec, 4),
+            "frames_per_s": round(clips * frames / sec, 1), "batches_per_s": round(n / sec, 2)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--out", default=str(Path(__file__).with_name("RESULTS_video_decode.json")))
@@ -68,9 +90,11 @@ def main() -> None:
                 sec = time_read(path, indices, backend, args.repeats)
                 rows.append({"case": case, "backend": backend, "frames": len(indices), "seconds": round(sec, 4),
                              "frames_per_s": round(len(indices) / sec, 1)})
-    print(f"{'case':<12} {'backend':<8} {'frames':>6} {'seconds':>8} {'frames/s':>9}")
+        rows += [time_loader(Path(tmp), workers) for workers in (0, 2)]
+    print(f"{'case':<18} {'backend':<8} {'frames':>6} {'seconds':>8} {'frames/s':>9} {'batches/s':>9}")
     for r in rows:
-        print(f"{r['case']:<12} {r['backend']:<8} {r['frames']:>6} {r['seconds']:>8.3f} {r['frames_per_s']:>9.1f}")
+        print(f"{r['case']:<18} {r['backend']:<8} {r['frames']:>6} {r['seconds']:>8.3f} {r['frames_per_s']:>9.1f} "
+              f"{r.get('batches_per_s', ''):>9}")
     meta = {"video": "640x480 30fps 10s libx264 gop30", "machine": platform.processor() or platform.machine(),
             "repeats": args.repeats, "results": rows}
     Path(args.out).write_text(json.dumps(meta, indent=1))

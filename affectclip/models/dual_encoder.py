@@ -85,6 +85,11 @@ class DualEncoder(nn.Module):
         if frames.ndim != 5:
             raise ValueError(f"encode_frames expects frames of shape [B,T,3,H,W], got {tuple(frames.shape)}")
         b, t = frames.shape[:2]
+        if t == 0:
+            raise ValueError("a clip has no frames (T=0); check the video decodes and the frame sampler returns indices")
+        if mask is not None and mask.shape[:2] != frames.shape[:2]:
+            raise ValueError(f"subject masks {tuple(mask.shape)} do not match the frames {tuple(frames.shape)}: one "
+                             "[H,W] mask per frame is needed")
         flat_mask = None if mask is None else mask.reshape(b * t, *mask.shape[2:])
         feats = self.visual(frames.reshape(b * t, *frames.shape[2:]), mask=flat_mask).reshape(b, t, -1)
         return F.normalize(feats, dim=-1) if normalize else feats

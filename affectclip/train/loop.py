@@ -94,12 +94,16 @@ def param_groups(model: nn.Module, task: nn.Module, cfg: TrainConfig) -> list[di
     rate is configurable (`optim.lr_gain_bias`, `lr_weights`, `lr_head`, `lr_logit_scale`, default `optim.lr`).
     """
     o = cfg.optim
+
+    def lr(*choices: float | None) -> float:  # first explicitly set value (0.0 counts as set: a frozen group)
+        return next(c for c in (*choices, o.lr) if c is not None)
+
     groups: dict[str, dict[str, Any]] = {
-        "gain_bias": {"params": [], "lr": o.lr_gain_bias or o.lr, "weight_decay": 0.0},
-        "weights": {"params": [], "lr": o.lr_weights or o.lr, "weight_decay": o.weight_decay},
-        "head_gain_bias": {"params": [], "lr": o.lr_gain_bias or o.lr_head or o.lr, "weight_decay": 0.0},
-        "head_weights": {"params": [], "lr": o.lr_head or o.lr, "weight_decay": o.weight_decay},
-        "logit_scale": {"params": [], "lr": o.lr_logit_scale or o.lr, "weight_decay": 0.0},
+        "gain_bias": {"params": [], "lr": lr(o.lr_gain_bias), "weight_decay": 0.0},
+        "weights": {"params": [], "lr": lr(o.lr_weights), "weight_decay": o.weight_decay},
+        "head_gain_bias": {"params": [], "lr": lr(o.lr_gain_bias, o.lr_head), "weight_decay": 0.0},
+        "head_weights": {"params": [], "lr": lr(o.lr_head), "weight_decay": o.weight_decay},
+        "logit_scale": {"params": [], "lr": lr(o.lr_logit_scale), "weight_decay": 0.0},
     }
     named = [(n, p) for n, p in model.named_parameters()] + [(f"loss.{n}", p) for n, p in task.named_parameters()]
     for name, p in named:

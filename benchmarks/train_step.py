@@ -1,0 +1,162 @@
+"""Training-step speed: model-only step vs the full loop (data included), eager fp32 vs the fast path.
+
+    python benchmarks/train_step.py [--configs tiny-vit-wordpiece ViT-B-32] [--batch 32] [--steps 5] [--device cpu]
+
+For each config, in a fresh subprocess (so peak memory is per configuration):
+* `model fp32`: forward + CLIP loss + backward + AdamW on a fixed batch (no data loading), eager fp32;
+* `model fast`: the same with the fast path — bf16 autocast (TF32 and fused AdamW on CUDA); `--compile` adds
+  torch.compile;
+* `full loop`: `affectclip.train.loop.train` on synthetic faces (decoding, augmentation, tokenisation, logging
+  included) at the model's own input size, fp32 — reported as a ratio of the model-only fp32 rate (target >= 0.95).
+Prints a table and writes JSON (default benchmarks/results/train_step.json).
+
+MFU (GPU runs): achieved FLOP/s / peak. Training FLOPs per sample = 3 x forward FLOPs (backward ~ 2 x forward), with
+forward FLOPs of a ViT/text transformer = sum over layers of 2 x tokens x (12 x width^2) + 2 x 2 x tokens^2 x width
+(QKV/out/MLP matmuls + attention scores and mixing), plus patch embedding 2 x tokens x (3 x patch^2) x width and the
+projections; `flops_per_sample` below implements it for CLIP ViT configs.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def flops_per_sample(cfg: dict) -> float:
+    """Training FLOPs of one (image, text) pair for a CLIP ViT + text transformer config (formula in the docstring)."""
+    v, t = cfg["vision_cfg"], cfg["text_cfg"]
+    total = 0.0
+    if v["type"] == "vit":
+        tokens = (v["image_size"] // v["patch_size"]) ** 2 + 1
+        w = v["width"]
+        total += 2 * (tokens - 1) * 3 * v["patch_size"] ** 2 * w
+        total += v["layers"] * (2 * tokens * 12 * w * w + 4 * tokens * tokens * w) + 2 * w * cfg["embed_dim"]
+    if t["type"] == "clip":
+        n, w = t["context_length"], t["width"]
+        total += t["layers"] * (2 * n * 12 * w * w + 4 * n * n * w) + 2 * w * cfg["embed_dim"]
+    return 3.0 * total
+
+
+def _model_step_rate(config: str, batch: int, steps: int, fast: bool, device: str, compile_: bool) -> dict:
+    import torch
+
+    from affectclip.losses.contrastive import ClipLoss
+    from affectclip.models.factory import create_model, get_tokenizer
+
+    torch.manual_seed(0)
+    model = create_model(config).to(device).train()
+    tok = get_tokenizer(model)
+    size = model.config["vision_cfg"]["image_size"]
+    images = torch.randn(batch, 3, size, size, device=device)
+    tokens = tok([f"an expression of emotion number {i}" for i in range(batch)]).to(device)
+    fused = device.startswith("cuda") and fast
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused or None)
+    loss_fn = ClipLoss()
+    if device.startswith("cuda") and fast:
+        torch.backends.cuda.matmul.allow_tf32 = True
+        torch.backends.cudnn.allow_tf32 = True
+    fwd = torch.compile(model) if compile_ else model
+    autocast = torch.autocast(device.split(":")[0], dtype=torch.bfloat16, enabled=fast)
+
+    def step():
+        opt.zero_grad(set_to_none=True)
+        with autocast:
+            out = fwd(images, tokens)
+        loss = loss_fn(out["image_features"], out["text_features"], out["logit_scale"])
+        loss.backward()
+        opt.step()
+
+    step()  # warm-up (and compilation)
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+        torch.cuda.reset_peak_memory_stats()
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        step()
+    if device.startswith("cuda"):
+        torch.cuda.synchronize()
+    dt = (time.perf_counter() - t0) / steps
+    res = {"samples_per_s": batch / dt, "step_s": dt}
+    if device.startswith("cuda"):
+        res["peak_gpu_mem_gb"] = torch.cuda.max_memory_allocated() / 2**30
+        res["tflops"] = flops_per_sample(model.config) * batch / dt / 1e12
+    return res
+
+
+def _full_loop_rate(config: str, batch: int, steps: int, device: str) -> dict:
+    from affectclip.train.config import load_config
+    from affectclip.train.loop import train
+
+    size = __import__("affectclip.models.factory", fromlist=["x"]).get_model_config(config)["vision_cfg"]["image_size"]
+    n = batch * (steps + 1)
+    cfg = load_config("demo", [f"model.name={config}", "data.val=null", f"data.batch_size={batch}",
+                               f"data.synthetic={{n_train: {n}, n_val: 0, image_size: {size}, seed: 0}}",
+                               "run.epochs=1", "run.progress=false", f"run.device={device}", "run.log_every=1000"])
+    summary = train(cfg, None)
+    return {"samples_per_s": summary["samples_per_s"], "steps": summary["steps"]}
+
+
+def run_one(args: argparse.Namespace) -> None:
+    """Child process: one (config, mode) measurement -> JSON on stdout."""
+    import torch
+
+    torch.set_num_threads(args.threads)
+    if args.mode == "loop":
+        res = _full_loop_rate(args.one, args.batch, args.steps, args.device)
+    else:
+        res = _model_step_rate(args.one, args.batch, args.steps, args.mode == "fast", args.device, args.compile)
+    res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
+    print("RESULT " + json.dumps(res))
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--configs", nargs="+", default=["tiny-vit-wordpiece", "ViT-B-32"])
+    ap.add_argument("--batch", type=int, default=32)
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--device", default="cpu")
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--out", default="benchmarks/results/train_step.json")
+    ap.add_argument("--one", help=argparse.SUPPRESS)
+    ap.add_argument("--mode", help=argparse.SUPPRESS)
+    args = ap.parse_args()
+    if args.one:
+        run_one(args)
+        return
+    rows = []
+    for config in args.configs:
+        steps = args.steps if config.startswith("tiny") else max(2, args.steps // 2)
+        row = {"config": config, "batch": args.batch, "device": args.device}
+        for mode in ("fp32", "fast", "loop"):
+            cmd = [sys.executable, __file__, "--one", config, "--mode", mode, "--batch", str(args.batch),
+                   "--steps", str(steps), "--device", args.device, "--threads", str(args.threads)]
+            if args.compile:
+                cmd.append("--compile")
+            out = subprocess.run(cmd, capture_output=True, text=True)
+            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+            if not line:
+                raise SystemExit(f"{config} {mode} failed:\n{out.stderr[-2000:]}")
+            row[mode] = json.loads(line[0][7:])
+        row["fast_vs_fp32"] = row["fast"]["samples_per_s"] / row["fp32"]["samples_per_s"]
+        row["loop_vs_model"] = row["loop"]["samples_per_s"] / row["fp32"]["samples_per_s"]
+        rows.append(row)
+        print(f"{config}: done", flush=True)
+    header = "| config | batch | model fp32 samples/s | model fast (bf16) samples/s | fast/fp32 | full loop samples/s | loop/model | peak RSS GB (fp32) |"
+    lines = [header, "|" + "---|" * 8]
+    for r in rows:
+        lines.append(f"| {r['config']} | {r['batch']} | {r['fp32']['samples_per_s']:.1f} | {r['fast']['samples_per_s']:.1f} | "
+                     f"{r['fast_vs_fp32']:.2f} | {r['loop']['samples_per_s']:.1f} | {r['loop_vs_model']:.2f} | "
+                     f"{r['fp32']['peak_rss_gb']:.2f} |")
+    print("\n".join(lines))
+    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(args.out).write_text(json.dumps({"rows": rows, "threads": args.threads}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
