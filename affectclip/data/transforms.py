@@ -6,7 +6,8 @@
 * eval, ``resize_mode="shortest"``: resize the short side to S, centre crop S×S (torchvision's Resize + CenterCrop
   arithmetic, as open_clip preprocesses); ``"squash"``: resize straight to S×S (Exp-CLIP protocol, no crop).
 * train: random resized crop (scale, ratio) -> optional rotation -> horizontal flip -> brightness/contrast jitter
-  -> random grayscale; every option defaults to off except the crop (scale 0.8-1.0).
+  -> random grayscale; every option defaults to off except the crop (scale 0.8-1.0). ``grayscale=1`` converts
+  every image, in eval as well: the setting for a model trained only on grey faces (config `preprocess.grayscale`).
 
 Augmentation parameters are sampled by `sample_params` and applied by `apply`, so a video clip can share one set of
 parameters across its frames (consistent, the clean default) or draw one per frame (EmotionCLIP as released). A
@@ -163,8 +164,8 @@ class ImageTransform:
 
     def sample_params(self, height: int, width: int, generator: torch.Generator | None = None) -> TransformParams:
         """Draw augmentation parameters for an image of the given size (deterministic eval params when not train)."""
-        if not self.train:
-            return TransformParams()
+        if not self.train:  # grayscale=1 means "always grey" (a model trained on grey faces), so eval too
+            return TransformParams(grayscale=self.grayscale >= 1.0)
         g = generator if generator is not None else self.generator
         return TransformParams(
             crop=self._sample_crop(height, width, g),

@@ -275,6 +275,8 @@ def create_transforms(
 
     config = _resolve_config(name_or_model_or_config)
     pre = config.get("preprocess") or {}
+    if pre.get("grayscale"):  # trained on grey images: every input, colour photos included, is seen as grey
+        augment = {**augment, "grayscale": 1.0}
     return ImageTransform(
         image_size=config["vision_cfg"]["image_size"],
         mean=pre.get("mean", CLIP_MEAN),
