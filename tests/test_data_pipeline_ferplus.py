@@ -12,21 +12,23 @@ from affectclip.data.manifest import read_manifest, write_manifest
 from affectclip.data.shards import ShardDataset
 from affectclip.models.factory import create_transforms
 
-FERPLUS_CLASSES = "[neutral, happiness, surprise, sadness, anger, disgust, fear, contempt]"
+CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+FERPLUS_CLASSES = "[" + ", ".join(CLASSES) + "]"
 
 
 def test_ferplus_pipeline_end_to_end(ferplus_dir, tmp_path):
     full = tmp_path / "ferplus.jsonl"
     assert main(["data", "ferplus", str(ferplus_dir), str(full)]) == 0
-    rows = read_manifest(full).records
+    manifest = read_manifest(full)
+    rows = manifest.records
     subset = [r for r in rows if r["split"] == "train"][:256] + [r for r in rows if r["split"] == "valid"][:64]
     for r in subset:  # keep paths valid from the new manifest's folder
-        r["path"] = str(read_manifest(full).resolve(r["path"]))
+        r["path"] = str(manifest.resolve(r["path"]))
     small = write_manifest(subset, tmp_path / "small.jsonl")
     assert main(["data", "check", str(small)]) == 0
 
     transform = create_transforms("tiny-cnn-minilm", train=True)
-    ds = ManifestDataset(read_manifest(small).split("train"), transform)
+    ds = ManifestDataset(read_manifest(small).split("train"), transform, classes=CLASSES)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=2, collate_fn=collate)
     batches = list(loader)
     assert sum(len(b["index"]) for b in batches) == 256 and not any(b["errors"] for b in batches)
@@ -39,7 +41,7 @@ def test_ferplus_pipeline_end_to_end(ferplus_dir, tmp_path):
     assert main(["data", "shard", str(small), str(shards), "--max-count", "100"]) == 0
     tars = sorted(shards.glob("*.tar"))
     assert len(tars) == 4
-    assert sum(1 for _ in ShardDataset([str(t) for t in tars], transform=transform)) == 320
+    assert sum(1 for _ in ShardDataset([str(t) for t in tars], transform=transform, classes=CLASSES)) == 320
 
     run = tmp_path / "run"
     rc = main(["train", "demo", f"data.train={small}:train", f"data.val={small}:valid", f"data.classes={FERPLUS_CLASSES}",
