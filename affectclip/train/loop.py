@@ -514,7 +514,7 @@ def _check_finite(out: dict[str, Any], micro: list[dict[str, Any]], step: int) -
     if not torch.isfinite(loss):
         ids = [i for m in micro for i in m.get("ids", m["index"])][:20]
         terms = {k: float(v.detach()) for k, v in out.items() if isinstance(v, torch.Tensor) and v.ndim == 0}
-        raise TrainingError(f"loss is {float(loss)} at step {step + 1} (terms {terms}); batch samples {ids}. "
+        raise TrainingError(f"loss is {float(loss.detach())} at step {step + 1} (terms {terms}); batch samples {ids}. "
                             "No checkpoint was written for this step; the last good checkpoint is intact. "
                             "Lower optim.lr, use run.precision=fp32 or bf16, or check these samples.")
 
