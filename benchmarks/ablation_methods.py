@@ -1,6 +1,6 @@
 """Ablation of the methods' loss components on the same data, model and seed.
 
-Variants: plain InfoNCE -> + sentiment guidance (EmotionCLIP) -> + cross-modal positive mining (EmoCapCLIP, global
+Variants: plain InfoNCE -> + sentiment guidance (EmotionCLIP; uncapped as published, and with the offset capped) -> + cross-modal positive mining (EmoCapCLIP, global
 branch only) -> + local branch (full EmoCapCLIP proposal). Default data is the synthetic face generator (captions
 are label-derived: this compares mechanics, not emotion understanding); `--manifest FILE.jsonl` with `train`/`valid`
 splits (e.g. the FER+ manifest from `affectclip data ferplus`) runs the same table on real data.
@@ -24,7 +24,9 @@ MINING = ("loss.mining={guide: cross, encoder: ema, ema_momentum: 0.99, threshol
           "top_k: 2, weight: 0.5, warmup_frac: 0.2}")
 VARIANTS = {
     "plain InfoNCE": ["loss.name=clip", "loss.dedupe_targets=false"],
-    "+ sentiment guidance": ["loss.name=sentiment", "loss.sentiment={lam: 10.0, scorer: vader}"],
+    "+ sentiment guidance (uncapped, as published)": ["loss.name=sentiment", "loss.sentiment={lam: 10.0, scorer: vader}"],
+    "+ sentiment guidance (offset capped at 5)": ["loss.name=sentiment",
+                                                  "loss.sentiment={lam: 10.0, scorer: vader, max_penalty: 5.0}"],
     "+ positive mining (global only)": ["loss.name=global_local", "loss.global_local={local_mode: 'off'}", MINING],
     "+ local branch (EmoCapCLIP proposal)": ["loss.name=global_local", "loss.global_local={local_mode: attn_pool}", MINING],
 }

@@ -28,22 +28,12 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from affectclip.data.datasets import ManifestDataset  # noqa: E402
-from affectclip.data.ferplus import ADJECTIVES, FERPLUS_CLASSES  # noqa: E402
+from affectclip.data.ferplus import ADJECTIVES, EVAL_SYNONYMS, FERPLUS_CLASSES  # noqa: E402
 from affectclip.data.manifest import Manifest, read_manifest  # noqa: E402
 
 PROMPT_SETS = ("expclip5", "expression", "classname", "face_expression", "expclip10", "clip_benchmark_fer")
 HEADLINE = "expclip5"
-# Unseen words per class (adjective forms), none of which appears in the FER+ training captions.
-SYNONYMS = {
-    "neutral": ["calm", "expressionless", "blank"],
-    "happiness": ["joyful", "cheerful", "delighted"],
-    "surprise": ["astonished", "amazed", "shocked"],
-    "sadness": ["unhappy", "sorrowful", "gloomy"],
-    "anger": ["furious", "irritated", "enraged"],
-    "disgust": ["repulsed", "revolted", "grossed out"],
-    "fear": ["scared", "terrified", "frightened"],
-    "contempt": ["disdainful", "scornful", "sneering"],
-}
+SYNONYMS = EVAL_SYNONYMS  # unseen words per class (adjective forms), never in the training captions
 # Adjective templates (CLIP_benchmark FER2013 set) so canonical adjectives and synonyms are compared like for like.
 ADJ_TEMPLATES = ("a photo of a {c} looking face.", "a photo of a face showing the emotion: {c}.",
                  "a photo of a face looking {c}.", "a face that looks {c}.", "they look {c}.", "look at how {c} they are.")

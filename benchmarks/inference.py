@@ -8,7 +8,7 @@ The ratio `predict / detection-only` shows what the model adds on top of the det
 default when present, else a randomly initialised tiny-vit-wordpiece saved to a temp file (speed does not depend on
 the weights; the tiny model under-states the cost of a ViT-B tower). Runs in < 3 minutes on 2 CPU cores:
 
-    python benchmarks/inference.py [--detector haar] [--photos 40] [--seconds 60] [--out benchmarks/results/inference.json]
+    python benchmarks/inference.py [--detector default|haar|blazeface|mtcnn] [--photos 40] [--seconds 60] [--out benchmarks/results/inference.json]
 """
 
 from __future__ import annotations
@@ -92,7 +92,8 @@ def _timed(fn) -> tuple[float, object]:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--detector", default="haar", choices=["haar", "blazeface", "mtcnn"])
+    parser.add_argument("--detector", default="default", choices=["default", "haar", "blazeface", "mtcnn"],
+                        help="default = what `affectclip predict` uses")
     parser.add_argument("--photos", type=int, default=40)
     parser.add_argument("--seconds", type=float, default=60.0)
     parser.add_argument("--fps", type=float, default=5.0, help="video sampling rate")
@@ -131,10 +132,11 @@ def main() -> None:
          "faces_found": int((df_video["status"] == "ok").sum()),
          "face_ids": int(df_video["face_id"].nunique())},
     ]
-    result = {"model": model_name, "detector": args.detector, "device": str(model.device),
+    detector = type(model.detector).__name__
+    result = {"model": model_name, "detector": detector, "device": str(model.device),
               "torch_threads": torch.get_num_threads(), "platform": platform.platform(),
               "processor": platform.processor(), "video_write_seconds": t_video_write, "rows": rows}
-    print(f"model: {model_name}; detector: {args.detector}; device: {model.device}")
+    print(f"model: {model_name}; detector: {detector}; device: {model.device}")
     print(f"{'case':<42} {'s':>7} {'rate':>14} {'baseline s':>11} {'ratio':>6} {'faces':>6}")
     for r in rows:
         rate = f"{r['images_per_s']:.1f} img/s" if "images_per_s" in r else f"{r['x_real_time']:.1f}x real-time"

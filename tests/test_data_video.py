@@ -142,3 +142,18 @@ def test_fps_and_random_subset_samplers():
         FpsSampler(8).indices(10, fps=0)
     picks = RandomSubsetSampler(8).indices(20, rng=np.random.default_rng(1))
     assert picks == sorted(picks) and len(set(picks)) == 8 and max(picks) < 20
+
+
+def test_manifest_rows_with_start_end_sample_only_their_segment(video48, tmp_path):
+    """Two rows cut from the same file: each clip's frames come from its own span, spread over the whole span."""
+    from affectclip.data.datasets import ManifestDataset
+    from affectclip.data.manifest import write_manifest
+    from affectclip.data.video import UniformSampler
+
+    rows = [{"path": str(video48), "caption": "first half", "start": 0.0, "end": 0.95},
+            {"path": str(video48), "caption": "second half", "start": 1.0, "end": 1.95}]
+    ds = ManifestDataset(write_manifest(rows, tmp_path / "m.jsonl"), None, video_sampler=UniformSampler(4))
+    for i, (lo, hi) in enumerate([(0, 22), (24, 46)]):  # ceil(start*24) .. floor(end*24)
+        clip = ds[i]["video"]
+        ids = decoded_ids((clip.permute(0, 2, 3, 1) * 255).round().byte().numpy())
+        assert ids == sorted(ids) and lo <= ids[0] <= lo + 3 and hi - 3 <= ids[-1] <= hi, ids

@@ -48,17 +48,19 @@ def test_external_weights_are_left_out_and_trained_ones_are_refused(tmp_path):
     assert torch.allclose(loaded.encode_image(x), m.eval().encode_image(x), atol=1e-6)
 
 
-def test_varied_ferplus_captions_never_use_the_synonym_test_words():
+def test_varied_ferplus_captions_vary_words_but_never_use_the_synonym_test_words():
     from affectclip.data.captions import DISTRIBUTION_TEMPLATES, varied_caption_from_distribution
-    from affectclip.data.ferplus import ADJECTIVES
+    from affectclip.data.ferplus import EVAL_SYNONYMS, TRAIN_ADJECTIVES, TRAIN_SYNONYMS
 
     votes = [6, 3, 1, 0, 0, 0, 0, 0]
-    caps = {varied_caption_from_distribution(votes, FERPLUS_CLASSES, f"row{i}", ADJECTIVES) for i in range(200)}
-    assert len(caps) == len(DISTRIBUTION_TEMPLATES)
-    assert varied_caption_from_distribution(votes, FERPLUS_CLASSES, "row7", ADJECTIVES) in caps  # deterministic
-    words = {w for c in caps for w in c.replace(",", " ").split()}
-    assert {"happiness", "happy"} <= words
-    assert not words & {"joyful", "cheerful", "calm", "scared", "unhappy", "furious", "astonished", "disdainful"}
+    caps = {varied_caption_from_distribution(votes, FERPLUS_CLASSES, f"row{i}", TRAIN_ADJECTIVES) for i in range(400)}
+    assert len(caps) > len(DISTRIBUTION_TEMPLATES)  # templates x interchangeable adjectives
+    assert varied_caption_from_distribution(votes, FERPLUS_CLASSES, "row7", TRAIN_ADJECTIVES) in caps  # deterministic
+    text = " " + " ".join(c.replace(",", " ") for c in caps) + " "
+    assert all(f" {w} " in text for w in ("happiness", "happy", *TRAIN_SYNONYMS["happiness"]))
+    held_out = {w for words in EVAL_SYNONYMS.values() for w in words}
+    assert not held_out & {w for words in TRAIN_ADJECTIVES.values() for w in words}
+    assert not [w for w in held_out if f" {w} " in text]
 
 
 def test_shipped_file_is_small_and_self_describing(model):
@@ -109,3 +111,18 @@ def test_colour_photo_astronaut_behaves(model):
     assert probs.shape == (1, len(FERPLUS_CLASSES)) and np.isfinite(probs).all()
     assert abs(probs.sum() - 1) < 1e-6
     assert df["top_label"].iloc[0] == "happiness", df[list(FERPLUS_CLASSES)].round(3).to_dict("records")
+
+
+def test_readme_main_command_scores_the_example_photo(tmp_path, capsys):
+    """`affectclip predict examples/astronaut.jpg --plot DIR` — the README's main command, as a user runs it."""
+    from affectclip.cli import main
+
+    if not DEFAULT.is_file():
+        pytest.skip("no shipped default model in affectclip/assets")
+    example = Path(__file__).resolve().parents[1] / "examples" / "astronaut.jpg"
+    assert main(["predict", str(example), "--plot", str(tmp_path / "plots")]) == 0
+    out = capsys.readouterr().out
+    header, row = out.splitlines()[:2]
+    assert all(c in header for c in FERPLUS_CLASSES) and "top_label" in header
+    assert " happiness " in row and row.rstrip().endswith("ok"), out
+    assert [p.suffix for p in (tmp_path / "plots").iterdir()] == [".png"]

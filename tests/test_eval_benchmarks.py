@@ -106,7 +106,7 @@ def ferv39k(root):
     write(
         root,
         "4_setups/All_scenes/test_All.csv",
-        "Action/Action_Angry/0001/0005 3\nDaily/Daily_Happy/0002/0001 0\n",
+        "Action/Action_Angry/0001/0005 Angry\nDaily/Daily_Happy/0002/0001 Happy\n",
     )
     return "test", None, ["Angry", "Happy"], "2_ClipsforFaceCrop/Action/Action_Angry/0001/0005"
 
@@ -250,3 +250,22 @@ def test_ferplus_real_counts_match_reference(ferplus_dir):
         assert [got[i] for i in range(8)] == counts
     seven = get_benchmark("ferplus7").items(ferplus_dir, "valid")
     assert len(seven) == sum(ref["valid"]) - 16
+
+
+def test_alternative_release_layouts(tmp_path):
+    """Spellings used by public loaders: MAE-DFER's MAFW split/ + data/frames/, EmoCLIP's AFEW_Face crops,
+    EmotionCLIP's BoLD mmextract/ frames; FERV39k lists carry class names, not indices."""
+    write(tmp_path / "mafw", "split/single/no_caption/set_2/test.txt", "00025.mp4 anger\n00031.mp4 contempt\n")
+    (tmp_path / "mafw" / "data" / "frames" / "00025").mkdir(parents=True)
+    items = get_benchmark("mafw").items(tmp_path / "mafw", "test", 2)
+    assert [it.path for it in items] == ["data/frames/00025", "data/frames/00031"] and items[1].label == 7
+    touch(tmp_path / "afew", *[f"AFEW_Face/validation/{c}/0_1/f.png" for c in
+                               ("Anger", "Disgust", "Fear", "Happiness", "Neutral", "Sadness", "Surprise")])
+    afew = get_benchmark("afew")
+    assert sorted(afew.classes[it.label] for it in afew.items(tmp_path / "afew", "val")) == sorted(afew.classes)
+    bold(tmp_path / "bold")
+    (tmp_path / "bold" / "mmextract" / "003" / "clip.mp4").mkdir(parents=True)
+    assert get_benchmark("bold").items(tmp_path / "bold", "val")[0].path == "mmextract/003/clip.mp4"
+    write(tmp_path / "ferv", "4_setups/All_scenes/test_All.csv", "Action/Action_Angry/0001/0005 3\n")
+    with pytest.raises(ValueError, match="unknown ferv39k class '3'"):
+        get_benchmark("ferv39k").items(tmp_path / "ferv", "test")

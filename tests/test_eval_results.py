@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
+import affectclip
 from affectclip.cli import main
 from affectclip.eval.results import (
     build_table,
@@ -17,6 +18,7 @@ from affectclip.eval.results import (
     write_record,
     write_table,
 )
+from affectclip.models.checkpoint import save_checkpoint
 
 
 def fake_result(war):
@@ -105,3 +107,71 @@ def test_cli_end_to_end_zeroshot_probe_table(tmp_path, bpe_path, monkeypatch, ca
     assert main(["eval", "table", str(out)]) == 0
     table = capsys.readouterr().out
     assert "zeroshot" in table and "linear_probe" in table
+
+
+def fake_dfew(root, per_fold=3):
+    """DFEW layout: 5 test fold CSVs over frame folders Clip/clip_224x224/<5 digits>/ (2 tiny frames each)."""
+    rng = np.random.default_rng(1)
+    for fold in range(1, 6):
+        rows = ["video_name,label"]
+        for i in range(per_fold):
+            vid = fold * 10 + i
+            d = root / "Clip" / "clip_224x224" / f"{vid:05d}"
+            d.mkdir(parents=True)
+            for t in range(2):
+                Image.fromarray(rng.integers(0, 255, (32, 32, 3), dtype=np.uint8)).save(d / f"{t:03d}.jpg")
+            rows.append(f"{vid},{1 + (vid % 7)}")
+        split = root / "EmoLabel_DataSplit" / "test(single-labeled)"
+        split.mkdir(parents=True, exist_ok=True)
+        (split / f"set_{fold}.csv").write_text("\n".join(rows) + "\n")
+
+
+def test_cli_fold_all_writes_fold_records_and_mean(tmp_path, bpe_path, monkeypatch, capsys):
+    monkeypatch.setenv("AFFECTCLIP_BPE_PATH", str(bpe_path))
+    fake_dfew(tmp_path / "dfew")
+    out = tmp_path / "out"
+    base = ["eval", "run", "--model", "tiny-vit", "--benchmark", "dfew", "--root", str(tmp_path / "dfew"),
+            "--output", str(out), "--batch-size", "4"]
+    assert main(base) == 2 and "--fold" in capsys.readouterr().err
+    assert main([*base, "--fold", "6"]) == 2 and "folds are 1..5" in capsys.readouterr().err
+    assert main([*base, "--fold", "all", "--workers", "1"]) == 0
+    folds = [json.loads((out / f"dfew_test_fold{k}_tiny-vit_zeroshot.json").read_text()) for k in range(1, 6)]
+    mean = json.loads((out / "dfew_test_foldmean_tiny-vit_zeroshot.json").read_text())
+    wars = [r["metrics"]["war"] for r in folds]
+    assert mean["fold"] == "mean" and mean["n_samples"] == 15 and mean["per_fold"]["fold"] == [1, 2, 3, 4, 5]
+    assert mean["metrics"]["war"] == pytest.approx(np.mean(wars))
+    assert mean["metrics"]["std"]["uar"] == pytest.approx(np.std([r["metrics"]["uar"] for r in folds]))
+    assert mean["per_fold"]["war"] == pytest.approx(wars) and mean["mask_policy"] == "none"
+    capsys.readouterr()
+    df = build_table(out)
+    assert list(df["fold"]) == [1, 2, 3, 4, 5, "mean"]
+    assert df["std.war"].iloc[-1] == pytest.approx(np.std(wars)) and df["std.war"].iloc[:5].isna().all()
+
+
+def test_cli_mask_policy_for_subject_token_models(tmp_path, bpe_path, monkeypatch):
+    """A subject-token model's features depend on --mask-policy, which is recorded; face masks come from boxes."""
+    monkeypatch.setenv("AFFECTCLIP_BPE_PATH", str(bpe_path))
+    ckpt = save_checkpoint(affectclip.create_model("tiny-vit", vision_cfg={"subject_token": True}),
+                           tmp_path / "subject-vit.safetensors")
+    rng = np.random.default_rng(0)
+    rows = []
+    for i in range(4):
+        Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(tmp_path / f"{i}.png")
+        rows.append({"path": f"{i}.png", "caption": f"a face number {i}", "boxes": [[0, 0, 32, 32 + 8 * i]]})
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    feats = {}
+    for policy in (None, "none", "full", "face"):
+        out = tmp_path / f"out_{policy}"
+        args = ["eval", "run", "--model", str(ckpt), "--manifest", str(tmp_path / "m.jsonl"),
+                "--task", "retrieval", "--output", str(out)]
+        assert main(args + (["--mask-policy", policy] if policy else [])) == 0
+        rec = json.loads(next(out.glob("*.json")).read_text())
+        assert rec["mask_policy"] == (policy or "full")
+        with np.load(next((out / "features").glob("*.npz"))) as z:
+            feats[policy] = z["features"]
+    np.testing.assert_allclose(feats[None], feats["full"])
+    assert not np.allclose(feats["none"], feats["full"]) and not np.allclose(feats["face"], feats["full"])
+    assert len(list((tmp_path / "out_face" / "masks").glob("mask_*.png"))) == 4
+    plain = ["eval", "run", "--model", "tiny-vit", "--manifest", str(tmp_path / "m.jsonl"), "--task", "retrieval",
+             "--output", str(tmp_path / "o"), "--mask-policy", "full"]
+    assert main(plain) == 2  # no subject token: only "none" makes sense

@@ -201,3 +201,48 @@ def test_retrieval_metrics_and_evaluate():
             s["caption"] = ["a happy face", "smiling"] if i % 2 else "a sad face"
     out = evaluate_retrieval(model, tok, ds)
     assert out["metrics"]["n_items"] == 3 and out["metrics"]["n_texts"] == 4 and out["failures"]["count"] == 1
+
+
+WORLD = 2
+
+
+def _rank_worker(rank: int, init_file: str, out_dir: str) -> None:
+    """One torchrun-like rank: extract its shard, gather, score; rank 0 saves what it got."""
+    import torch.distributed as dist
+
+    from affectclip.eval.features import extract_features
+
+    dist.init_process_group("gloo", init_method=f"file://{init_file}", rank=rank, world_size=WORLD)
+    torch.set_num_threads(1)
+    try:
+        classes = ["happiness", "sadness", "anger"]
+        fs = extract_features(make_model(), image_dataset(n=9, fail=(4,)), batch_size=2)
+        r = evaluate_zero_shot(make_model(), HashTokenizer(), None, classes, P.build_prompts(classes, "expclip5"),
+                               features=fs)
+        if rank == 0:
+            np.savez(f"{out_dir}/rank0.npz", features=fs.features, indices=fs.indices, labels=fs.labels,
+                     war=r["metrics"]["war"], uar=r["metrics"]["uar"], n=r["metrics"]["n_samples"],
+                     errors=np.asarray([e["index"] for e in fs.errors]))
+    finally:
+        dist.destroy_process_group()
+
+
+def test_two_ranks_count_every_sample_once_and_match_one_process(tmp_path):
+    """9 samples (odd, one unreadable) over 2 gloo ranks: no DistributedSampler padding duplicates, same metrics."""
+    import torch.distributed as dist
+    import torch.multiprocessing as mp
+
+    from affectclip.eval.features import extract_features
+
+    if not (dist.is_available() and dist.is_gloo_available()):
+        pytest.skip("torch.distributed with gloo is not available")
+    mp.spawn(_rank_worker, args=(str(tmp_path / "init"), str(tmp_path)), nprocs=WORLD, join=True)
+    got = np.load(tmp_path / "rank0.npz")
+    classes = ["happiness", "sadness", "anger"]
+    ref = extract_features(make_model(), image_dataset(n=9, fail=(4,)), batch_size=2)
+    r = evaluate_zero_shot(make_model(), HashTokenizer(), None, classes, P.build_prompts(classes, "expclip5"),
+                           features=ref)
+    assert got["indices"].tolist() == [0, 1, 2, 3, 5, 6, 7, 8] and got["errors"].tolist() == [4]
+    np.testing.assert_allclose(got["features"], ref.features, atol=1e-6)
+    assert got["labels"].tolist() == ref.labels.tolist()
+    assert int(got["n"]) == 8 and float(got["war"]) == r["metrics"]["war"] and float(got["uar"]) == r["metrics"]["uar"]

@@ -154,6 +154,27 @@ def test_frozen_minilm_stays_in_eval_and_rejects_foreign_ids(minilm, wordpiece):
         MiniLMTextTower(output_dim=8, tokenizer="clip_bpe")
 
 
+def test_frozen_minilm_caches_sentence_vectors_exactly_and_forgets_them_on_load(wordpiece):
+    tower = MiniLMTextTower(output_dim=8, cache_size=3)
+    texts = ["a happy face", "a sad face", "a happy face", "an angry face"]
+    tokens = wordpiece(texts)
+    cached = tower.sentence_embedding(tokens)
+    assert len(tower._cache) == 3  # duplicates encoded once
+    direct = tower._embed(tokens)
+    torch.testing.assert_close(cached, direct, atol=1e-6, rtol=0)
+    tower.sentence_embedding(wordpiece(["a fearful face"]))
+    assert len(tower._cache) == 3  # least recently used row evicted
+    state = {k: v.clone() for k, v in tower.state_dict().items()}
+    state["bert.embeddings.word_embeddings.weight"] += 0.5
+    tower.load_state_dict(state)
+    assert len(tower._cache) == 0
+    torch.testing.assert_close(tower.sentence_embedding(tokens), tower._embed(tokens), atol=1e-6, rtol=0)
+    assert not torch.allclose(tower.sentence_embedding(tokens), direct)
+    trainable = MiniLMTextTower(output_dim=8, trainable=True)
+    trainable.sentence_embedding(tokens)
+    assert len(trainable._cache) == 0  # a trained body changes every step: never cached
+
+
 @pytest.mark.parametrize(
     "name", ["mobilenetv2-minilm", "efficientnet-lite0-minilm", "mobilenetv2-minilm-tuned"]
 )

@@ -120,14 +120,21 @@ DISTRIBUTION_TEMPLATES = (
 
 
 def varied_caption_from_distribution(probs: Sequence[float], classes: Sequence[str], key: str,
-                                     adjectives: dict[str, str] | None = None) -> str:
+                                     adjectives: dict[str, str | Sequence[str]] | None = None) -> str:
     """A distribution described in one of DISTRIBUTION_TEMPLATES, chosen by a stable hash of `key` (e.g. the row
     id) so a manifest is reproducible while its captions vary across rows. `adjectives` maps class -> adjective
-    form (missing classes keep their name)."""
+    form, or a list of interchangeable adjectives of which each row uses one (also chosen by the hash), so the
+    text side sees a neighbourhood of words per emotion rather than one point; missing classes keep their name."""
     adjectives = adjectives or {}
+    digest = hashlib.blake2b(key.encode(), digest_size=8).digest()
+    pick, word_pick = int.from_bytes(digest[:4], "little"), int.from_bytes(digest[4:], "little")
+
+    def adjective(c: str) -> str:
+        words = adjectives.get(c, c)
+        return words if isinstance(words, str) else words[word_pick % len(words)]
+
     nouns = caption_from_distribution(probs, classes)
-    adjs = caption_from_distribution(probs, [adjectives.get(c, c) for c in classes])
-    pick = int.from_bytes(hashlib.blake2b(key.encode(), digest_size=4).digest(), "little")
+    adjs = caption_from_distribution(probs, [adjective(c) for c in classes])
     return DISTRIBUTION_TEMPLATES[pick % len(DISTRIBUTION_TEMPLATES)].format(nouns=nouns, adjectives=adjs)
 
 

@@ -26,6 +26,22 @@ RULES = ("majority", "plurality8")
 CAPTION_STYLES = ("fixed", "varied")
 ADJECTIVES = {"neutral": "neutral", "happiness": "happy", "surprise": "surprised", "sadness": "sad", "anger": "angry",
               "disgust": "disgusted", "fear": "fearful", "contempt": "contemptuous"}
+# Adjectives the varied training captions use besides the canonical one: language supervision should map a
+# neighbourhood of words onto each emotion, not a single word. Disjoint from EVAL_SYNONYMS (tested).
+TRAIN_SYNONYMS = {
+    "neutral": ("relaxed", "composed", "impassive"), "happiness": ("glad", "smiling", "pleased"),
+    "surprise": ("startled", "stunned", "wide-eyed"), "sadness": ("downcast", "upset", "miserable"),
+    "anger": ("mad", "annoyed", "livid"), "disgust": ("nauseated", "sickened", "appalled"),
+    "fear": ("afraid", "alarmed", "panicked"), "contempt": ("smug", "mocking", "dismissive"),
+}
+# Held-out words for the open-vocabulary evaluation (benchmarks/ferplus_eval.py): never in training captions.
+EVAL_SYNONYMS = {
+    "neutral": ("calm", "expressionless", "blank"), "happiness": ("joyful", "cheerful", "delighted"),
+    "surprise": ("astonished", "amazed", "shocked"), "sadness": ("unhappy", "sorrowful", "gloomy"),
+    "anger": ("furious", "irritated", "enraged"), "disgust": ("repulsed", "revolted", "grossed out"),
+    "fear": ("scared", "terrified", "frightened"), "contempt": ("disdainful", "scornful", "sneering"),
+}
+TRAIN_ADJECTIVES = {c: (ADJECTIVES[c], *TRAIN_SYNONYMS[c]) for c in FERPLUS_CLASSES}
 
 
 def majority_label(votes: Sequence[int]) -> int | None:
@@ -105,7 +121,8 @@ def build_ferplus_manifest(ferplus_dir: str | Path, rule: str = "majority", spli
         total = sum(emo)
         image = ferplus_dir / r["path"]
         row_id = f"ferplus-{r['split']}-{Path(r['path']).stem}"
-        caption = (varied_caption_from_distribution(emo, FERPLUS_CLASSES, row_id, ADJECTIVES) if captions == "varied"
+        caption = (varied_caption_from_distribution(emo, FERPLUS_CLASSES, row_id, TRAIN_ADJECTIVES)
+                   if captions == "varied"
                    else f"a face showing {caption_from_distribution(emo, FERPLUS_CLASSES)}")
         out.append({
             "id": row_id,

@@ -10,6 +10,7 @@ order of `targets` values without scanning the data.
 from __future__ import annotations
 
 import io
+import itertools
 import json
 import re
 import tarfile
@@ -104,30 +105,62 @@ def _iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
         yield key, group
 
 
+def count_samples(path: Path) -> int:
+    """Number of sample keys in one tar (headers only), for shard lists that come without an index.json."""
+    with tarfile.open(path, "r") as tar:
+        return len({m.name.rsplit("/", 1)[-1].partition(".")[0] for m in tar if m.isfile()})
+
+
+def batch_schedule(batches_per_worker: Sequence[int], skip: int) -> tuple[list[int], int]:
+    """(batches each DataLoader worker produced among the first `skip`, the worker that produces the next one).
+
+    An iterable DataLoader takes batches from its workers in turn (0, 1, ..., W-1, 0, ...) and drops a worker from
+    the cycle once it is exhausted. Resuming mid-epoch must skip exactly those batches in each worker's own stream
+    and start the new cycle at the worker that was next.
+    """
+    done, worker = [0] * len(batches_per_worker), 0
+    for _ in range(skip):
+        alive = [w for w in range(len(done)) if done[w] < batches_per_worker[w]]
+        if not alive:
+            break
+        worker = next((w for w in alive if w >= worker), alive[0])
+        done[worker] += 1
+        worker = (worker + 1) % len(done)
+    return done, worker
+
+
 class ShardDataset(torch.utils.data.IterableDataset):
     """Stream sample dicts (same contract as ManifestDataset) from tar shards.
 
     urls: a shard folder (read through its index.json, which also gives the default `classes`: the sorted string
-    labels, as ManifestDataset), or a list of .tar paths. Shards are split by rank
+    labels, as ManifestDataset, and the sample counts), or a list of .tar paths. Shards are split by rank
     (`shards[rank::world_size]`), then by DataLoader worker, so every sample is read once per epoch across the job
     when there are at least world_size × num_workers shards (fewer leaves some readers idle).
-    shuffle_buffer: 0 = file order; otherwise a reservoir of that many samples, seeded by (seed, epoch, rank,
-    worker). Undecodable images come back as {"error", "index", "path"} like ManifestDataset.
+    shuffle_buffer: 0 = file order; otherwise a reservoir of that many samples (kept undecoded, so memory is the
+    compressed bytes), seeded by (seed, epoch, rank, worker). resampled: every reader draws shards with
+    replacement from the whole list forever (WebDataset's `resampled=True`): ranks never run dry or out of step,
+    at the price of epochs that are only nominal (`epoch_samples`, default the total sample count). Undecodable
+    images come back as {"error", "index", "path"} like ManifestDataset.
     """
 
     def __init__(self, urls: str | Path | Sequence[str | Path], transform=None, shuffle_buffer: int = 0,
                  seed: int = 0, rank: int = 0, world_size: int = 1, classes: Sequence[str] | None = None,
-                 target_names: Sequence[str] | None = None):
+                 target_names: Sequence[str] | None = None, resampled: bool = False,
+                 epoch_samples: int | None = None):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if shuffle_buffer < 0:
             raise ValueError(f"shuffle_buffer must be >= 0, got {shuffle_buffer}")
+        if epoch_samples is not None and epoch_samples <= 0:
+            raise ValueError(f"epoch_samples must be a positive number of samples, got {epoch_samples}")
+        counts: list[int] | None = None
         if isinstance(urls, (str, Path)) and Path(urls).is_dir():
             index_path = Path(urls) / INDEX_FILE
             if not index_path.is_file():
                 raise FileNotFoundError(f"{index_path} not found; write shards with `affectclip data shard`")
             index = json.loads(index_path.read_text())
             self.shards = [Path(urls) / s["name"] for s in index["shards"]]
+            counts = [int(s["count"]) for s in index["shards"]]
             target_names = target_names if target_names is not None else index.get("target_names", [])
             classes = classes if classes is not None else index.get("classes") or None
         else:
@@ -135,19 +168,60 @@ class ShardDataset(torch.utils.data.IterableDataset):
         missing = [str(p) for p in self.shards if not p.is_file()]
         if missing:
             raise FileNotFoundError(f"shard(s) not found: {missing[:5]}")
+        self._counts = counts
         self.transform, self.shuffle_buffer, self.seed = transform, shuffle_buffer, seed
+        self.resampled, self.epoch_samples = resampled, epoch_samples
         self.rank, self.world_size, self.epoch = rank, world_size, 0
+        self.batch_size, self.num_workers, self.skip_batches = 1, 0, 0
         self.classes = list(classes) if classes is not None else None
         self.target_names = list(target_names or [])
 
-    def set_epoch(self, epoch: int) -> None:
-        self.epoch = epoch
+    @property
+    def counts(self) -> list[int]:
+        """Samples per shard (from index.json, else counted once from the tar headers)."""
+        if self._counts is None:
+            self._counts = [count_samples(p) for p in self.shards]
+        return self._counts
 
-    def _my_shards(self) -> tuple[list[Path], int]:
+    def plan(self, batch_size: int, num_workers: int, rank: int = 0, world_size: int = 1) -> int:
+        """Fix the reader layout of a training job and return the full batches every rank delivers per epoch.
+
+        Without resampling a rank gets sum over its workers of floor(samples / batch_size) batches; the epoch is the
+        minimum over ranks, so DDP ranks take the same number of steps (the surplus of larger ranks is left unread
+        that epoch, and differs between epochs only if the shard split does). 0 means some rank has no full batch.
+        """
+        if not 0 <= rank < world_size:
+            raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
+        self.batch_size, self.num_workers, self.rank, self.world_size = batch_size, num_workers, rank, world_size
+        if self.resampled:
+            return (self.epoch_samples or sum(self.counts)) // (batch_size * world_size)
+        return min(sum(self._worker_batches(r)) for r in range(world_size))
+
+    def _worker_batches(self, rank: int) -> list[int]:
+        workers = max(1, self.num_workers)
+        mine = list(range(len(self.shards)))[rank::self.world_size]
+        return [sum(self.counts[i] for i in mine[w::workers]) // self.batch_size for w in range(workers)]
+
+    def set_epoch(self, epoch: int, skip_batches: int = 0) -> None:
+        """Select the epoch's shuffle and skip the first `skip_batches` batches of this rank (exact resume): the
+        skipped samples are never decoded, so augmentation randomness stays where the interrupted run left it."""
+        self.epoch, self.skip_batches = epoch, skip_batches
+
+    def _my_role(self) -> tuple[int, int, int]:
+        """(role, number of workers, samples to skip): which worker's share of the epoch this reader streams.
+
+        Role = worker id, except after a mid-epoch resume, where the roles rotate so that DataLoader worker 0
+        streams the share whose batch came next in the interrupted epoch."""
         info = torch.utils.data.get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
-        mine = self.shards[self.rank::self.world_size][worker::workers]
-        return mine, worker
+        if not self.skip_batches:
+            return worker, workers, 0
+        per_worker = [10**18] * workers if self.resampled else self._worker_batches(self.rank)
+        if len(per_worker) != workers:
+            raise RuntimeError(f"planned for {len(per_worker)} DataLoader workers, iterated by {workers}")
+        done, first = batch_schedule(per_worker, self.skip_batches)
+        role = (first + worker) % workers
+        return role, workers, done[role] * self.batch_size
 
     def _sample(self, shard: Path, key: str, group: dict[str, bytes], position: int) -> dict[str, Any]:
         where = f"{shard}:{key}"
@@ -165,25 +239,36 @@ class ShardDataset(torch.utils.data.IterableDataset):
         sample.update(record_fields({"id": key, **meta}, label, index, self.target_names))
         return sample
 
-    def __iter__(self) -> Iterator[dict[str, Any]]:
-        shards, worker = self._my_shards()
-        rng = np.random.default_rng([self.seed, self.epoch, self.rank, worker])
-        if self.shuffle_buffer:
-            shards = [shards[i] for i in rng.permutation(len(shards))]
-        buffer: list[dict[str, Any]] = []
+    def _raw(self, rng: np.random.Generator, shards: list[Path]) -> Iterator[tuple[Path, str, dict[str, bytes], int]]:
+        """Undecoded (shard, key, members, position) in stream order: shuffled through the buffer if asked."""
+        if self.resampled:
+            source = (shards[int(rng.integers(len(shards)))] for _ in itertools.count())
+        else:
+            source = iter([shards[i] for i in rng.permutation(len(shards))] if self.shuffle_buffer else shards)
+        buffer: list[tuple[Path, str, dict[str, bytes], int]] = []
         position = 0
-        for shard in shards:
+        for shard in source:
             for key, group in _iter_tar(shard):
-                sample = self._sample(shard, key, group, position)
+                item = (shard, key, group, position)
                 position += 1
                 if not self.shuffle_buffer:
-                    yield sample
-                    continue
-                if len(buffer) < self.shuffle_buffer:
-                    buffer.append(sample)
-                    continue
-                j = int(rng.integers(len(buffer)))
-                yield buffer[j]
-                buffer[j] = sample
-        rng.shuffle(buffer)
-        yield from buffer
+                    yield item
+                elif len(buffer) < self.shuffle_buffer:
+                    buffer.append(item)
+                else:
+                    j = int(rng.integers(len(buffer)))
+                    yield buffer[j]
+                    buffer[j] = item
+        order = rng.permutation(len(buffer))
+        yield from (buffer[i] for i in order)
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        role, workers, skip = self._my_role()
+        # resampled: every reader draws from all shards; its seed keeps the streams apart
+        shards = self.shards if self.resampled else self.shards[self.rank::self.world_size][role::workers]
+        if not shards:
+            return
+        rng = np.random.default_rng([self.seed, self.epoch, self.rank, role])
+        for n, (shard, key, group, position) in enumerate(self._raw(rng, shards)):
+            if n >= skip:
+                yield self._sample(shard, key, group, position)

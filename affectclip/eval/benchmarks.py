@@ -13,7 +13,7 @@ from __future__ import annotations
 import csv
 import re
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -109,14 +109,14 @@ def parse_list_file(
     root: Path,
     split: str,
     fold: int | None,
-    file: str,
+    file: str | Sequence[str],
     path_col: int | str | None = 0,
     label_col: int | str = 1,
     delimiter: str | None = None,
     header: bool = False,
     label_base: int = 0,
     by_name: dict[str, str] | None = None,
-    path_fmt: str = "{}",
+    path_fmt: str | Sequence[str] = "{}",
     split_names: dict[str, str] | None = None,
     split_prefix: bool = False,
     split_col: str | None = None,
@@ -125,14 +125,15 @@ def parse_list_file(
 ) -> list[Item]:
     """A split/list file with one sample per row: path (or id) and label, by column index or header name.
 
-    `file` may contain `{split}` (renamed through `split_names`) and `{fold}`. When one list holds all splits, rows
+    `file` may contain `{split}` (renamed through `split_names`) and `{fold}`; `file` and `path_fmt` may list
+    alternative spellings (the first that exists is used). When one list holds all splits, rows
     are kept whose path starts with the split name (`split_prefix`, RAF-DB) or whose `split_col` equals it. A
     `path_col` of None means the path is built from the 0-based data-row number (FER2013 exports). Labels are numbers with
     `label_base` (1 for 1-based files) or class names (`by_name`: lower-case native spelling -> class); rows whose
     label is in `skip_labels` (blank, AffectNet codes 8-10) are left out.
     """
     sname = (split_names or {}).get(split, split)
-    path = _need(bench, root / file.format(split=sname, fold=fold))
+    path = _first_existing(bench, root, [f.format(split=sname, fold=fold) for f in _alternatives(file)])
     names = {k.lower(): bench.classes.index(v) for k, v in by_name.items()} if by_name is not None else None
     with open(path, encoding=encoding, newline="") as fh:
         if delimiter is None:
@@ -159,21 +160,55 @@ def parse_list_file(
         if split_col is not None and row[split_col].strip() != sname:
             continue
         label = _label_index(bench, raw, label_base, names, f"{path}, line {n}")
-        items.append(Item(path_fmt.format(rel, stem=Path(rel).stem, split=split), label, split, fold))
-    return items
+        items.append(Item(rel, label, split, fold))
+    return _media_paths(root, items, path_fmt, split)
 
 
-def parse_class_folders(bench: Benchmark, root: Path, split: str, fold: int | None, split_dirs: dict[str, str],
-                        folders: dict[str, str]) -> list[Item]:
-    """`root/<split dir>/<class folder>/<files>` (ImageFolder-like); folder names map to native classes."""
-    base = _need(bench, root / split_dirs[split])
+def _alternatives(value: str | Sequence[str]) -> list[str]:
+    return [value] if isinstance(value, str) else list(value)
+
+
+def _first_existing(bench: Benchmark, root: Path, candidates: Sequence[str]) -> Path:
+    """The first of several known spellings of a file/folder (releases and popular loaders rename them)."""
+    for rel in candidates:
+        if (root / rel).exists():
+            return root / rel
+    if len(candidates) == 1:
+        return _need(bench, root / candidates[0])
+    raise FileNotFoundError(f"{bench.name}: expected one of {[str(root / c) for c in candidates]} — official layout: "
+                            f"{bench.layout}")
+
+
+def _media_paths(root: Path, items: list[Item], path_fmt: str | Sequence[str], split: str) -> list[Item]:
+    """Turn list-file ids into media paths with the first `path_fmt` whose first item exists (clips vs extracted
+    frame folders); when none exists the first format is kept and missing files are reported as sample errors."""
+    fmts = _alternatives(path_fmt)
+
+    def fmt(f: str, rel: str) -> str:
+        return f.format(rel, stem=Path(rel).stem, split=split)
+
+    chosen = next((f for f in fmts if items and (root / fmt(f, items[0].path)).exists()), fmts[0])
+    return [replace(it, path=fmt(chosen, it.path)) for it in items]
+
+
+def parse_class_folders(bench: Benchmark, root: Path, split: str, fold: int | None,
+                        split_dirs: dict[str, str | Sequence[str]], folders: dict[str, str]) -> list[Item]:
+    """`root/<split dir>/<class folder>/<files>` (ImageFolder-like); folder names map to native classes.
+
+    A split dir may have alternative spellings, and several folder names may map to one class (AFEW's original
+    Angry/Happy/Sad vs the face-crop release's Anger/Happiness/Sadness); every class needs one existing folder.
+    """
+    base = _first_existing(bench, root, _alternatives(split_dirs[split]))
     items = []
-    for folder, cls in folders.items():
-        d = base / folder
-        if not d.is_dir():
-            raise FileNotFoundError(f"{bench.name}: class folder {d} missing — official layout: {bench.layout}")
+    for cls in dict.fromkeys(folders.values()):
+        dirs = [base / f for f, c in folders.items() if c == cls and (base / f).is_dir()]
+        if not dirs:
+            names = [f for f, c in folders.items() if c == cls]
+            raise FileNotFoundError(f"{bench.name}: class folder {base}/{'|'.join(names)} missing — official layout: "
+                                    f"{bench.layout}")
         label = bench.classes.index(cls)
-        items += [Item(str(p.relative_to(root)), label, split) for p in sorted(d.iterdir()) if not p.name.startswith(".")]
+        items += [Item(str(p.relative_to(root)), label, split)
+                  for d in dirs for p in sorted(d.iterdir()) if not p.name.startswith(".")]
     return items
 
 
@@ -217,8 +252,10 @@ def parse_emotic(bench: Benchmark, root: Path, split: str, fold: int | None) -> 
 
 
 def parse_bold(bench: Benchmark, root: Path, split: str, fold: int | None) -> list[Item]:
-    """BoLD `annotations/{split}.csv` (no header): video path, person id, start, end, 26 category scores (≥ 0.5 ->
-    positive, as EmotionCLIP), 3 VAD values, ...; clips under `videos/`."""
+    """BoLD `annotations/{split}.csv` (no header): video id, person id, start frame, end frame, 26 category scores
+    (≥ 0.5 -> positive, as EmotionCLIP), valence, arousal, dominance, gender, age, ethnicity, confidence; clips under
+    `videos/`, or frame folders under `mmextract/` (EmotionCLIP). The whole clip is used: the person's start/end
+    frames and joints (EmotionCLIP's subject mask) are not applied."""
     table = _need(bench, root / "annotations" / f"{split}.csv")
     k = len(bench.classes)
     items = []
@@ -227,9 +264,8 @@ def parse_bold(bench: Benchmark, root: Path, split: str, fold: int | None) -> li
             if len(row) < 4 + k + 3:
                 raise ValueError(f"{table}, line {n}: expected ≥ {4 + k + 3} columns, got {len(row)}")
             cats = [float(float(x) >= 0.5) for x in row[4 : 4 + k]]
-            items.append(Item(str(Path("videos") / row[0]), -1, split, None,
-                              (*cats, *map(float, row[4 + k : 7 + k]))))
-    return items
+            items.append(Item(row[0], -1, split, None, (*cats, *map(float, row[4 + k : 7 + k]))))
+    return _media_paths(root, items, ("videos/{}", "mmextract/{}"), split)
 
 
 BASIC7_FOLDERS = ("Angry", "Disgust", "Fear", "Happy", "Neutral", "Sad", "Surprise")
@@ -313,9 +349,11 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
     _b("sfew", BASIC7_FOLDERS, "SFEW 2.0: {Train,Val}/{Angry,Disgust,Fear,Happy,Neutral,Sad,Surprise}/*.png; "
        "test labels are not public: evaluate on 'val'", parse_class_folders, ("train", "val"),
        options={"split_dirs": {"train": "Train", "val": "Val"}, "folders": _by_own_name(BASIC7_FOLDERS)}),
-    _b("afew", DFEW_7, "AFEW 7.0: {Train_AFEW,Val_AFEW}/{Angry,...,Surprise}/*.avi; test labels are not public: "
-       "evaluate on 'val' (mapped to the DFEW order, as EmoCLIP)", parse_class_folders, ("train", "val"),
-       options={"split_dirs": {"train": "Train_AFEW", "val": "Val_AFEW"}, "folders": _folders(DFEW_7)}),
+    _b("afew", DFEW_7, "AFEW 7.0: {Train_AFEW,Val_AFEW}/{Angry,...,Surprise}/*.avi, or the face-crop release "
+       "AFEW_Face/{train,validation}/{Anger,...,Surprise}/<clip>/ frame folders (EmoCLIP); test labels are not "
+       "public: evaluate on 'val' (mapped to the DFEW order, as EmoCLIP)", parse_class_folders, ("train", "val"),
+       options={"split_dirs": {"train": ("Train_AFEW", "AFEW_Face/train"), "val": ("Val_AFEW", "AFEW_Face/validation")},
+                "folders": _folders(DFEW_7, (*BASIC7_FOLDERS, "Anger", "Happiness", "Sadness"))}),
     _b("ckplus", ("neutral", "anger", "contempt", "disgust", "fear", "happy", "sadness", "surprise"),
        "CK+: Emotion/S*/NNN/*_emotion.txt + cohn-kanade-images/S*/NNN/*.png (327 labelled peak frames)",
        parse_ckplus, ("all",)),
@@ -334,21 +372,28 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
        options={"pattern": r"_(an|di|fe|ha|sa|su)_\d+\.", "codes": dict(zip(
            ("an", "di", "fe", "ha", "sa", "su"), ("anger", "disgust", "fear", "happiness", "sadness", "surprise"), strict=True))}),
     _b("dfew", DFEW_7, "DFEW: EmoLabel_DataSplit/{train,test}(single-labeled)/set_{1..5}.csv (video_name,label 1-7) "
-       "+ Clip/clip_224x224/<video_name zero-padded to 5>/ frame folders", parse_list_file, ("train", "test"), folds=5,
+       "+ Clip/clip_224x224/<video_name zero-padded to 5>/ frame folders (or Clip/jpg_256/, MAE-DFER)", parse_list_file,
+       ("train", "test"), folds=5,
        options={"file": "EmoLabel_DataSplit/{split}(single-labeled)/set_{fold}.csv", "delimiter": ",", "header": True,
-                "path_col": "video_name", "label_col": "label", "label_base": 1, "path_fmt": "Clip/clip_224x224/{:0>5}"}),
+                "path_col": "video_name", "label_col": "label", "label_base": 1,
+                "path_fmt": ("Clip/clip_224x224/{:0>5}", "Clip/jpg_256/{:0>5}")}),
     _b("ferv39k", ("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"),
-       "FERV39k: 4_setups/All_scenes/{train,test}_All.csv ('<clip dir> <label 0-6>') + 2_ClipsforFaceCrop/<clip dir>/",
-       parse_list_file, ("train", "test"),
-       options={"file": "4_setups/All_scenes/{split}_All.csv", "path_fmt": "2_ClipsforFaceCrop/{}"}),
-    _b("mafw", MAFW_11, "MAFW: Train & Test Set/single/no_caption/set_{1..5}/{train,test}.txt ('<clip>.mp4 <class "
-       "name>') + data/clips/", parse_list_file, ("train", "test"), folds=5,
-       options={"file": "Train & Test Set/single/no_caption/set_{fold}/{split}.txt", "by_name": _by_own_name(MAFW_11),
-                "path_fmt": "data/clips/{}"}),
+       "FERV39k: 4_setups/All_scenes/{train,test}_All.csv ('<scene>/<scene>_<Class>/<id>/<id> <Class name>', space-"
+       "separated, no header) + 2_ClipsforFaceCrop/<clip dir>/", parse_list_file, ("train", "test"),
+       options={"file": "4_setups/All_scenes/{split}_All.csv", "path_fmt": "2_ClipsforFaceCrop/{}",
+                "by_name": _by_own_name(("Happy", "Sad", "Neutral", "Angry", "Surprise", "Disgust", "Fear"))}),
+    _b("mafw", MAFW_11, "MAFW: {Train & Test Set,split}/single/no_caption/set_{1..5}/{train,test}.txt or EmoCLIP's "
+       "Train_Test_Set/single/no_caption_new/ ('<clip>.mp4 <class name>') + data/clips/<clip>.mp4, or frame "
+       "folders data/frames/<id>/ (MAE-DFER) or data/faces/<id>/ (EmoCLIP)", parse_list_file, ("train", "test"),
+       folds=5,
+       options={"file": tuple(f"{d}/single/{c}/set_{{fold}}/{{split}}.txt" for d, c in (
+                    ("Train & Test Set", "no_caption"), ("split", "no_caption"), ("Train_Test_Set", "no_caption_new"))),
+                "by_name": _by_own_name(MAFW_11), "path_fmt": ("data/clips/{}", "data/frames/{stem}", "data/faces/{stem}"),
+                "encoding": "gbk"}),
     _b("emotic", EMOTIC_26, "EMOTIC after Tandon-A mat2py.py: {train,val,test}.csv + {split}_cat_arr.npy + "
        "{split}_cont_arr.npy + the images under <Folder>/<Filename>", parse_emotic, ("train", "val", "test"),
        tasks=ML, continuous=("valence", "arousal", "dominance")),
-    _b("bold", BOLD_26, "BoLD: annotations/{train,val}.csv + videos/; test labels unreleased: evaluate on 'val'",
+    _b("bold", BOLD_26, "BoLD: annotations/{train,val}.csv + videos/ (or mmextract/ frames); test labels unreleased: evaluate on 'val'",
        parse_bold, ("train", "val"), tasks=ML, continuous=("valence", "arousal", "dominance")),
 ]}
 

@@ -1,8 +1,10 @@
 """`affectclip eval`: list benchmarks, run one evaluation into a JSON record, merge records into a table.
 
 Heavy modules (torch, the model factory, sklearn) are imported inside the handlers so `affectclip --help` stays fast.
-Inputs are validated (benchmark, task, split, data folder, prompts vs classes) before any model is built, so a
-mistake costs seconds, not a model load.
+Inputs are validated (benchmark, task, split, data folder, prompts vs classes, every requested fold) before any
+model is built, so a mistake costs seconds, not a model load. `--fold all` evaluates every official fold with one
+model load and adds a record with the mean ± std over folds. Under `torchrun` the ranks share feature extraction
+(see eval/features.py) and rank 0 writes the records.
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ from pathlib import Path
 from typing import Any
 
 TASKS = ("zeroshot", "linear_probe", "fewshot", "regression", "retrieval")
+MASK_POLICIES = ("none", "full", "face")  # = eval.features.MASK_POLICIES (not imported: keeps --help fast)
 
 
 def register(subparsers: argparse._SubParsersAction) -> None:
@@ -30,14 +33,20 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     r.add_argument("--root", help="dataset folder in the benchmark's official layout")
     r.add_argument("--task", choices=TASKS, default="zeroshot")
     r.add_argument("--split", help="evaluation split (default: the benchmark's test/validation split)")
-    r.add_argument("--fold", type=int, help="official fold for DFEW/MAFW (1..5)")
+    r.add_argument("--fold", help="official fold(s) for DFEW/MAFW: 1..5, a list like 1,3, or 'all' (adds the mean "
+                   "± std over folds)")
     r.add_argument("--prompts", default="expression", help="prompt set (template set name or 'descriptions')")
     r.add_argument("--agg", choices=("embedding", "logit"), default="embedding", help="prompt aggregation")
     r.add_argument("--video-pool", choices=("mean_embed", "mean_logits"), default="mean_embed",
                    help="frame pooling for image models on video (models with a temporal head use it)")
     r.add_argument("--probe-c", type=float, help="fix the probe's C / ridge alpha instead of sweeping on train")
     r.add_argument("--probe-protocol", choices=("affectclip", "emotionclip"), default="affectclip")
+    r.add_argument("--mask-policy", choices=MASK_POLICIES,
+                   help="subject mask for subject-token (EmotionCLIP) models: none (the model's missing-mask rule), "
+                        "full (whole frame), face (the manifest's mask/boxes); default full for subject-token "
+                        "models, none otherwise")
     r.add_argument("--batch-size", type=int, default=64)
+    r.add_argument("--workers", type=int, default=0, help="DataLoader worker processes for decoding")
     r.add_argument("--device", default="cpu")
     r.add_argument("--output", default="results", help="folder for the JSON record, manifests and feature cache")
     r.set_defaults(func=_cmd_run)
@@ -75,8 +84,34 @@ def _user_errors(fn):
     return wrapped
 
 
-def _prepare(args: argparse.Namespace) -> dict[str, Any]:
-    """Resolve benchmark, splits, manifests and prompts without touching the model."""
+def _folds(args: argparse.Namespace) -> list[int | None]:
+    """`--fold` -> the folds to run: [None] for fold-less benchmarks, one or more official folds otherwise."""
+    from affectclip.eval.benchmarks import get_benchmark
+
+    n = get_benchmark(args.benchmark).folds if args.benchmark else 0
+    if not n:
+        if args.fold:
+            raise ValueError(f"{args.benchmark or args.manifest} has no official folds; drop --fold")
+        return [None]
+    if not args.fold:
+        raise ValueError(f"{args.benchmark} needs --fold 1..{n}, a list like 1,3, or 'all' (report the fold mean)")
+    if args.fold == "all":
+        return list(range(1, n + 1))
+    try:
+        folds = [int(x) for x in args.fold.split(",")]
+    except ValueError:
+        raise ValueError(f"--fold must be 1..{n}, a comma list of them, or 'all'; got '{args.fold}'") from None
+    bad = [f for f in folds if not 1 <= f <= n]
+    if bad or len(set(folds)) != len(folds):
+        raise ValueError(f"--fold {args.fold}: {args.benchmark} folds are 1..{n}, each at most once")
+    return folds
+
+
+def _prepare(args: argparse.Namespace, fold: int | None = None, rank: int = 0) -> dict[str, Any]:
+    """Resolve benchmark, splits, manifests and prompts without touching the model.
+
+    Ranks other than 0 write their (identical) manifests to their own folder so no two processes write one file.
+    """
     from affectclip.eval.benchmarks import get_benchmark
     from affectclip.eval.prompts import build_prompts, compound_components
 
@@ -97,11 +132,11 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     needs_train = args.task in ("linear_probe", "fewshot", "regression")
     if needs_train and ("train" not in bench.splits or split == "train"):
         raise ValueError(f"{args.task} trains on 'train' and evaluates on another split; {bench.name} has {bench.splits}")
-    tag = f"{bench.name}_{{}}" + (f"_fold{args.fold}" if args.fold else "")
-    manifests = {"eval": bench.to_manifest(args.root, split, out / "manifests" / f"{tag.format(split)}.jsonl", args.fold)}
+    tag = f"{bench.name}_{{}}" + (f"_fold{fold}" if fold else "")
+    folder = out / "manifests" / (f"rank{rank}" if rank else "")
+    manifests = {"eval": bench.to_manifest(args.root, split, folder / f"{tag.format(split)}.jsonl", fold)}
     if needs_train:
-        manifests["train"] = bench.to_manifest(args.root, "train", out / "manifests" / f"{tag.format('train')}.jsonl",
-                                               args.fold)
+        manifests["train"] = bench.to_manifest(args.root, "train", folder / f"{tag.format('train')}.jsonl", fold)
     prep = {"name": bench.name, "split": split, "bench": bench, "classes": list(bench.classes), "manifests": manifests,
             "split_files": [str(p) for p in manifests.values()]}
     if args.task == "zeroshot":
@@ -114,43 +149,62 @@ def _prepare(args: argparse.Namespace) -> dict[str, Any]:
     return prep
 
 
-def _features(model, transform, manifest: Path, classes, args, cache: Path, model_id: dict) -> Any:
-    from affectclip.data.datasets import ManifestDataset
-    from affectclip.eval.features import cached_features
+def _load(args: argparse.Namespace, device: str) -> dict[str, Any]:
+    """Model, tokenizer, transform, the identity that keys the feature cache, and the resolved mask policy."""
+    import affectclip
+    from affectclip.eval.features import has_subject_token
     from affectclip.eval.results import sha256_file
 
-    ds = ManifestDataset(manifest, transform=transform, classes=classes or None)
+    model = affectclip.create_model(args.model, pretrained=args.pretrained, device=device)
+    subject = has_subject_token(model)
+    policy = args.mask_policy or ("full" if subject else "none")
+    if policy != "none" and not subject:
+        raise ValueError(f"--mask-policy {policy} needs a model with a subject token (vision_cfg.subject_token); "
+                         f"{args.model} has none: use --mask-policy none")
+    weights = args.pretrained or (args.model if Path(args.model).is_file() else None)
+    return {"model": model, "tokenizer": affectclip.get_tokenizer(model), "transform": affectclip.create_transforms(model),
+            "device": device, "mask_policy": policy,
+            "id": {"model": args.model, "weights_sha256": sha256_file(weights) if weights else None,
+                   "config": getattr(model, "config", {})}}
+
+
+def _features(loaded: dict[str, Any], manifest: Path, classes, args: argparse.Namespace) -> Any:
+    from affectclip.data.datasets import ManifestDataset
+    from affectclip.eval.features import cached_features, with_box_masks
+    from affectclip.eval.results import sha256_file
+
+    if loaded["mask_policy"] == "face":
+        manifest = with_box_masks(manifest, Path(args.output) / "masks")
+    ds = ManifestDataset(manifest, transform=loaded["transform"], classes=classes or None)
     keep = args.task == "zeroshot" and args.video_pool == "mean_logits"
-    key = {**model_id, "manifest_sha256": sha256_file(manifest), "transform": repr(transform)}
-    fs, _ = cached_features(cache, key, model=model, dataset=ds, batch_size=args.batch_size, device=args.device,
-                            video_pool=args.video_pool, keep_frames=keep)
+    key = {**loaded["id"], "manifest_sha256": sha256_file(manifest), "transform": repr(loaded["transform"])}
+    fs, _ = cached_features(Path(args.output) / "features", key, model=loaded["model"], dataset=ds,
+                            batch_size=args.batch_size, device=loaded["device"], video_pool=args.video_pool,
+                            keep_frames=keep, num_workers=args.workers, mask_policy=loaded["mask_policy"])
     return fs
 
 
-def _run_task(args: argparse.Namespace, prep: dict[str, Any]) -> dict[str, Any]:
-    import affectclip
-    from affectclip.eval import probe
-    from affectclip.eval.results import sha256_file
+def _run_task(args: argparse.Namespace, prep: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+    result = _evaluate(args, prep, loaded)
+    return {**result, "mask_policy": loaded["mask_policy"]}
 
-    model = affectclip.create_model(args.model, pretrained=args.pretrained, device=args.device)
-    tokenizer = affectclip.get_tokenizer(model)
-    transform = affectclip.create_transforms(model)
-    weights = args.pretrained or (args.model if Path(args.model).is_file() else None)
-    model_id = {"model": args.model, "weights_sha256": sha256_file(weights) if weights else None,
-                "config": getattr(model, "config", {})}
-    cache = Path(args.output) / "features"
+
+def _evaluate(args: argparse.Namespace, prep: dict[str, Any], loaded: dict[str, Any]) -> dict[str, Any]:
+    from affectclip.eval import probe
+
+    model, tokenizer, device = loaded["model"], loaded["tokenizer"], loaded["device"]
     classes = prep["classes"]
-    fs = {k: _features(model, transform, m, classes, args, cache, model_id) for k, m in prep["manifests"].items()}
+    fs = {k: _features(loaded, m, classes, args) for k, m in prep["manifests"].items()}
     ev = fs["eval"]
     if args.task == "zeroshot":
         from affectclip.eval.zeroshot import evaluate_zero_shot
 
-        return evaluate_zero_shot(model, tokenizer, None, classes, prep["prompts"], args.agg, device=args.device,
+        return evaluate_zero_shot(model, tokenizer, None, classes, prep["prompts"], args.agg, device=device,
                                   video_pool=args.video_pool, compounds=prep.get("compounds"), features=ev)
     if args.task == "retrieval":
         from affectclip.eval.retrieval import evaluate_retrieval
 
-        return evaluate_retrieval(model, tokenizer, None, device=args.device, features=ev)
+        return evaluate_retrieval(model, tokenizer, None, device=device, features=ev)
     tr = fs["train"]
     failures = {"count": len(ev.errors) + len(tr.errors), "examples": (ev.errors + tr.errors)[:20]}
     bench = prep["bench"]
@@ -173,13 +227,11 @@ def _run_task(args: argparse.Namespace, prep: dict[str, Any]) -> dict[str, Any]:
     return {**r, "failures": failures}
 
 
-def _cmd_run(args: argparse.Namespace) -> int:
+def _write(args: argparse.Namespace, prep: dict[str, Any], fold: int | None, result: dict[str, Any]) -> dict:
     from affectclip.eval.results import make_record, plot_confusion, write_record
 
-    prep = _user_errors(_prepare)(args)
-    result = _user_errors(_run_task)(args, prep)
     record = make_record(
-        model=args.model, benchmark=prep["name"], split=prep["split"], fold=args.fold, task=args.task,
+        model=args.model, benchmark=prep["name"], split=prep["split"], fold=fold, task=args.task,
         classes=prep["classes"], result=result, weights=args.pretrained, split_files=prep["split_files"],
         prompt_set=args.prompts if args.task == "zeroshot" else None,
         config={k: v for k, v in vars(args).items() if k != "func"},
@@ -188,9 +240,39 @@ def _cmd_run(args: argparse.Namespace) -> int:
     metrics = record["metrics"]
     if "confusion_matrix" in metrics:
         plot_confusion(metrics["confusion_matrix"], prep["classes"], path.with_suffix(".png"), title=path.stem)
+    _report(metrics, path)
+    return record
+
+
+def _report(metrics: dict[str, Any], path: Path) -> None:
     shown = {k: round(v, 2) for k, v in metrics.items() if isinstance(v, float)}
     print(json.dumps(shown))
     print(f"wrote {path}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    import os
+
+    from affectclip.eval.results import fold_mean_record, write_record
+    from affectclip.train.distributed import cleanup, init_distributed
+
+    folds = _user_errors(_folds)(args)
+    rank = int(os.environ.get("RANK", "0"))
+    preps = [_user_errors(_prepare)(args, f, rank) for f in folds]
+    info = init_distributed("cuda" if args.device.startswith("cuda") else "cpu")
+    device = f"cuda:{info.local_rank}" if info.enabled and args.device == "cuda" else args.device
+    try:
+        loaded = _user_errors(_load)(args, device)
+        records = []
+        for fold, prep in zip(folds, preps, strict=True):
+            result = _user_errors(_run_task)(args, prep, loaded)
+            if info.is_main:
+                records.append(_write(args, prep, fold, result))
+        if info.is_main and len(records) > 1:
+            mean = _user_errors(fold_mean_record)(records)
+            _report(mean["metrics"], write_record(mean, args.output))
+    finally:
+        cleanup(info)
     return 0
 
 

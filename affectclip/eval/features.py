@@ -6,6 +6,13 @@ or config, dataset manifest/split, pre-processing, pooling) and reuses them on t
 
 Accounting (evaluation.md §6.1–6.3): every sample is visited exactly once; samples that fail to load arrive as
 `{"error", "index", "path"}` dicts and are listed in `FeatureSet.errors`, never substituted or dropped silently.
+Under torchrun each rank encodes the strided shard `rank::world_size` (no `DistributedSampler`, whose padding
+duplicates samples) and the shards are gathered and put back in index order, so every rank ends with the same
+features as a one-process run.
+
+Subject-token models (EmotionCLIP) take a subject mask that benchmark data does not have; `mask_policy` says what
+they get (evaluation.md §6.18): "none" (no mask: the token follows the model's `subject_token_missing`), "full"
+(the whole frame is the subject, natural for face crops) or "face" (the mask that comes with each sample).
 """
 
 from __future__ import annotations
@@ -21,6 +28,7 @@ import torch
 import torch.nn.functional as F
 
 VIDEO_POOLS = ("mean_embed", "mean_logits")
+MASK_POLICIES = ("none", "full", "face")
 
 
 @dataclass
@@ -53,24 +61,52 @@ def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Ten
     return (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
+def has_subject_token(model: torch.nn.Module) -> bool:
+    return bool(getattr(getattr(model, "visual", None), "subject_token", False))
+
+
+def subject_mask(batch: dict[str, torch.Tensor], mask_policy: str) -> torch.Tensor | None:
+    """The subject mask [B,(T,)H,W] that `mask_policy` gives this batch (None for "none")."""
+    if mask_policy not in MASK_POLICIES:
+        raise ValueError(f"mask_policy must be one of {MASK_POLICIES}, got '{mask_policy}'")
+    pixels = batch["image"] if "image" in batch else batch["video"]
+    if mask_policy == "none":
+        return None
+    if mask_policy == "full":
+        return torch.ones(*pixels.shape[:-3], *pixels.shape[-2:], device=pixels.device)
+    if "mask" not in batch:
+        raise ValueError("mask_policy 'face' needs a subject mask per sample (a manifest `mask` image, or `boxes` "
+                         "rasterised by the evaluator); this data has none: use --mask-policy full or none")
+    return batch["mask"].to(pixels.device)
+
+
 @torch.no_grad()
 def encode_visual(
-    model: torch.nn.Module, batch: dict[str, torch.Tensor], video_pool: str = "mean_embed", keep_frames: bool = False
+    model: torch.nn.Module,
+    batch: dict[str, torch.Tensor],
+    video_pool: str = "mean_embed",
+    keep_frames: bool = False,
+    mask_policy: str = "none",
 ) -> torch.Tensor:
     """Normalised fp32 features for a batch of images [B,3,H,W] or videos [B,T,3,H,W].
 
     Videos go through the model's temporal head when it has one; otherwise (image model on video) the normalised
     frame embeddings are averaged and renormalised (`mean_embed`). With `keep_frames` the normalised per-frame
-    features [B,T,D] are returned so the caller can average logits instead (`mean_logits`).
+    features [B,T,D] are returned so the caller can average logits instead (`mean_logits`). `mask_policy` gives
+    subject-token models their mask (module docstring); a model without a subject token only accepts "none".
     """
     if video_pool not in VIDEO_POOLS:
         raise ValueError(f"video_pool must be one of {VIDEO_POOLS}, got '{video_pool}'")
+    mask = subject_mask(batch, mask_policy)
+    if mask is not None and not has_subject_token(model):
+        raise ValueError(f"mask_policy '{mask_policy}' needs a model with a subject token (vision_cfg.subject_token); "
+                         "use mask_policy 'none' for this model")
     if "image" in batch:
-        return model.encode_image(batch["image"]).float()
+        return model.encode_image(batch["image"], mask=mask).float()
     frames, pad = batch["video"], batch.get("padding_mask")
     if getattr(model, "temporal", None) is not None:
-        return model.encode_video(frames, padding_mask=pad).float()
-    per_frame = F.normalize(model.encode_frames(frames).float(), dim=-1)
+        return model.encode_video(frames, mask=mask, padding_mask=pad).float()
+    per_frame = F.normalize(model.encode_frames(frames, mask=mask).float(), dim=-1)
     return per_frame if keep_frames else F.normalize(masked_mean(per_frame, pad), dim=-1)
 
 
@@ -81,7 +117,46 @@ def _stack(samples: list[dict[str, Any]], device: str) -> dict[str, torch.Tensor
     batch = {key: torch.stack([s[key] for s in samples]).to(device)}
     if key == "video" and "padding_mask" in samples[0]:
         batch["padding_mask"] = torch.stack([s["padding_mask"] for s in samples]).to(device)
+    if all("mask" in s for s in samples):
+        batch["mask"] = torch.stack([s["mask"] for s in samples]).to(device)
     return batch
+
+
+def _rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group (torchrun), else (0, 1)."""
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed.get_rank(), torch.distributed.get_world_size()
+    return 0, 1
+
+
+@torch.no_grad()
+def _encode_shard(model, dataset, indices: list[int], batch_size: int, device: str, video_pool: str,
+                  keep_frames: bool, num_workers: int, mask_policy: str) -> dict[str, Any]:
+    """Encode `dataset[indices]`; plain arrays/lists so that shards can be gathered across processes."""
+    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+                                         shuffle=False, num_workers=num_workers, collate_fn=list)
+    out: dict[str, Any] = {"features": [], "padding_mask": [], "labels": [], "indices": [], "captions": [],
+                           "targets": [], "errors": []}
+    for samples in loader:
+        out["errors"] += [{"index": s.get("index"), "path": s.get("path"), "error": s["error"]}
+                          for s in samples if "error" in s]
+        ok = [s for s in samples if "error" not in s]
+        if not ok:
+            continue
+        batch = _stack(ok, device)
+        out["features"].append(encode_visual(model, batch, video_pool, keep_frames, mask_policy).cpu().numpy())
+        if keep_frames and "padding_mask" in batch:
+            out["padding_mask"].append(batch["padding_mask"].cpu().numpy())
+        out["labels"] += [int(s.get("label", -1)) for s in ok]
+        out["indices"] += [int(s["index"]) for s in ok]
+        out["captions"] += [s.get("caption") for s in ok]
+        if "targets" in ok[0]:
+            out["targets"].append(np.stack([np.asarray(s["targets"], dtype=np.float32) for s in ok]))
+    return out
+
+
+def _cat(parts: list[np.ndarray]) -> np.ndarray | None:
+    return np.concatenate(parts) if parts else None
 
 
 @torch.no_grad()
@@ -93,44 +168,44 @@ def extract_features(
     video_pool: str = "mean_embed",
     keep_frames: bool = False,
     num_workers: int = 0,
+    mask_policy: str = "none",
 ) -> FeatureSet:
-    """Run the frozen visual encoder over `dataset` once, in index order (deterministic; no sampler, no shuffling)."""
+    """Run the frozen visual encoder over `dataset` once, in index order (deterministic; no shuffling).
+
+    `num_workers` DataLoader processes decode in parallel. Inside an initialised process group (torchrun) each rank
+    encodes `range(rank, N, world_size)` and all ranks receive the gathered result in index order.
+    """
     if len(dataset) == 0:
         raise ValueError("the evaluation split is empty; check the split file / manifest")
     model.eval().to(device)
-    loader = torch.utils.data.DataLoader(
-        dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=list
-    )
-    feats, masks, labels, targets, indices, captions, errors = [], [], [], [], [], [], []
-    for samples in loader:
-        errors += [{"index": s.get("index"), "path": s.get("path"), "error": s["error"]} for s in samples if "error" in s]
-        ok = [s for s in samples if "error" not in s]
-        if not ok:
-            continue
-        batch = _stack(ok, device)
-        feats.append(encode_visual(model, batch, video_pool, keep_frames).cpu())
-        if keep_frames and "padding_mask" in batch:
-            masks.append(batch["padding_mask"].cpu())
-        labels += [int(s.get("label", -1)) for s in ok]
-        indices += [int(s["index"]) for s in ok]
-        captions += [s.get("caption") for s in ok]
-        if "targets" in ok[0]:
-            targets.append(torch.stack([torch.as_tensor(s["targets"], dtype=torch.float32) for s in ok]))
+    rank, world = _rank_world()
+    shard = _encode_shard(model, dataset, list(range(rank, len(dataset), world)), batch_size, device, video_pool,
+                          keep_frames, num_workers, mask_policy)
+    shards = [shard]
+    if world > 1:
+        shards = [None] * world
+        torch.distributed.all_gather_object(shards, shard)
+    indices = [i for s in shards for i in s["indices"]]
+    errors = sorted((e for s in shards for e in s["errors"]), key=lambda e: e["index"])
     seen = indices + [e["index"] for e in errors]
     if len(set(seen)) != len(seen) or len(seen) != len(dataset):
         raise RuntimeError(
             f"sample accounting failed: dataset has {len(dataset)} samples, evaluator saw {len(seen)} "
             f"({len(set(seen))} distinct indices); every sample must be evaluated exactly once"
         )
-    d = model.embed_dim
+    order = np.argsort(np.asarray(indices, dtype=np.int64), kind="stable")
+    features = _cat([f for s in shards for f in s["features"]])
+    targets = _cat([t for s in shards for t in s["targets"]])
+    masks = _cat([m for s in shards for m in s["padding_mask"]])
+    captions = [c for s in shards for c in s["captions"]]
     return FeatureSet(
-        features=torch.cat(feats).numpy() if feats else np.zeros((0, d), np.float32),
-        labels=np.asarray(labels, dtype=np.int64),
-        indices=np.asarray(indices, dtype=np.int64),
+        features=features[order] if features is not None else np.zeros((0, model.embed_dim), np.float32),
+        labels=np.asarray([lb for s in shards for lb in s["labels"]], dtype=np.int64)[order],
+        indices=np.asarray(indices, dtype=np.int64)[order],
         errors=errors,
-        targets=torch.cat(targets).numpy() if targets else None,
-        padding_mask=torch.cat(masks).numpy() if masks else None,
-        captions=captions if any(c is not None for c in captions) else None,
+        targets=targets[order] if targets is not None else None,
+        padding_mask=masks[order] if masks is not None else None,
+        captions=[captions[i] for i in order] if any(c is not None for c in captions) else None,
     )
 
 
@@ -144,10 +219,12 @@ def cached_features(cache_dir: str | Path, key_parts: dict[str, Any], **extract_
 
     `key_parts` must identify the model weights (path + SHA-256, or the config), the dataset manifest/split and the
     pre-processing — e.g. `{"weights_sha256": ..., "split_file_sha256": ..., "transform": ..., "video_pool": ...}`.
+    Under torchrun every rank extracts its shard and receives the full set; only rank 0 writes the cache file.
     """
     extract_kwargs.setdefault("video_pool", "mean_embed")
     extract_kwargs.setdefault("keep_frames", False)
-    parts = {**key_parts, "video_pool": extract_kwargs["video_pool"], "keep_frames": extract_kwargs["keep_frames"]}
+    extract_kwargs.setdefault("mask_policy", "none")
+    parts = {**key_parts, **{k: extract_kwargs[k] for k in ("video_pool", "keep_frames", "mask_policy")}}
     path = Path(cache_dir) / f"features_{cache_key(parts)}.npz"
     if path.exists():
         with np.load(path, allow_pickle=False) as z:
@@ -162,6 +239,8 @@ def cached_features(cache_dir: str | Path, key_parts: dict[str, Any], **extract_
                 captions=meta["captions"],
             ), True
     fs = extract_features(**extract_kwargs)
+    if _rank_world()[0] != 0:
+        return fs, False
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"features": fs.features, "labels": fs.labels, "indices": fs.indices}
     arrays.update({k: v for k, v in (("targets", fs.targets), ("padding_mask", fs.padding_mask)) if v is not None})
@@ -170,3 +249,36 @@ def cached_features(cache_dir: str | Path, key_parts: dict[str, Any], **extract_
     np.savez(tmp, meta=np.asarray(meta), **arrays)
     tmp.replace(path)
     return fs, False
+
+
+def with_box_masks(manifest: str | Path, out_dir: str | Path) -> Path:
+    """For `mask_policy="face"`: image rows with face `boxes` but no `mask` get a mask image rasterised from the
+    boxes, so the dataset resizes/crops it together with the image. Returns the manifest to read (the input itself
+    when no row needed a mask). Unreadable images are left as they are: the dataset reports them as sample errors.
+    """
+    from PIL import Image
+
+    from affectclip.data.faces import boxes_to_mask
+    from affectclip.data.manifest import read_manifest, write_manifest
+
+    m = read_manifest(manifest)
+    out = Path(out_dir)
+    rows, changed = [], False
+    for rec in m.records:
+        row = {**rec, "path": str(m.resolve(rec["path"]))}
+        if "mask" in rec:
+            row["mask"] = str(m.resolve(rec["mask"]))
+        elif "boxes" in rec:
+            try:
+                with Image.open(row["path"]) as im:
+                    width, height = im.size
+            except OSError:
+                rows.append(row)
+                continue
+            mask_path = out / f"mask_{cache_key({'path': row['path'], 'boxes': rec['boxes']})}.png"
+            if not mask_path.exists():
+                out.mkdir(parents=True, exist_ok=True)
+                Image.fromarray(boxes_to_mask(rec["boxes"], height, width).astype(np.uint8) * 255).save(mask_path)
+            row["mask"], changed = str(mask_path), True
+        rows.append(row)
+    return write_manifest(rows, out / f"{Path(manifest).stem}_face_masks.jsonl") if changed else Path(manifest)

@@ -76,6 +76,38 @@ def make_record(
     }
 
 
+def fold_mean_record(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """One record with the mean ± std over the per-fold records of one (model, benchmark, split, task) run.
+
+    evaluation.md §1: DFEW/MAFW report the mean of per-fold metrics (never pooled predictions); the fold values
+    stay in `per_fold`, the per-fold records stay on disk. `fold` is "mean", so the file and table row are distinct.
+    """
+    from affectclip.eval.metrics import aggregate_folds
+
+    if len(records) < 2:
+        raise ValueError("a fold mean needs at least two fold records")
+    for key in ("model", "benchmark", "split", "task", "prompt_set"):
+        if len({str(r.get(key)) for r in records}) > 1:
+            raise ValueError(f"fold records differ in '{key}': {[r.get(key) for r in records]}; average one run only")
+    agg = aggregate_folds([_scalars(r["metrics"]) for r in records])
+    n_samples = sum(int(r["metrics"].get("n_samples") or 0) for r in records)
+    folds = [r.get("fold") for r in records]
+    out = {k: v for k, v in records[0].items() if k not in ("probe", "timestamp")}
+    out.update(
+        fold="mean",
+        n_samples=n_samples,
+        metrics={**agg["mean"], "std": agg["std"], "n_samples": n_samples, "n_folds": len(records)},
+        per_fold={"fold": folds, **agg["per_fold"], **({"probe": [r["probe"] for r in records]}
+                                                       if "probe" in records[0] else {})},
+        fold_convention=agg["convention"],
+        failures={"count": sum((r.get("failures") or {}).get("count", 0) for r in records),
+                  "examples": [e for r in records for e in (r.get("failures") or {}).get("examples", [])][:20]},
+        split_file_sha256={k: v for r in records for k, v in r.get("split_file_sha256", {}).items()},
+        timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+    )
+    return out
+
+
 def _slug(text: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).strip("-") or "none"
 
@@ -132,8 +164,15 @@ def build_table(results_dir: str | Path) -> pd.DataFrame:
         rows.append(row)
     if not rows:
         raise ValueError(f"no result records (JSON with 'benchmark' and 'metrics') under {results_dir}")
-    return pd.DataFrame(rows).sort_values(["benchmark", "model", "task", "split", "fold"], na_position="first",
-                                          ignore_index=True)
+    # folds are ints, "mean" (fold_mean_record) or None: sort them as text, fold-less and numbered before the mean
+    return pd.DataFrame(rows).sort_values(["benchmark", "model", "task", "split", "fold"], ignore_index=True,
+                                          key=lambda col: col.map(_fold_order) if col.name == "fold" else col)
+
+
+def _fold_order(value: Any) -> str:
+    if value is None or (isinstance(value, float) and np.isnan(value)):
+        return ""
+    return f"{value:>4}" if isinstance(value, (int, np.integer)) else str(value)
 
 
 def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:

@@ -1,4 +1,4 @@
-"""`affectclip train`, `affectclip recipes` and `affectclip demo`."""
+"""`affectclip train`, `affectclip features`, `affectclip recipes` and `affectclip demo`."""
 
 from __future__ import annotations
 
@@ -18,6 +18,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     p.set_defaults(func=_train)
+
+    f = sub.add_parser("features", help="cache frozen-tower frame and caption features for temporal-head training",
+                       description="Encode data.train (and data.val) of a frozen-tower recipe (EmoCLIP's default) once; "
+                                   "then train the temporal head with data.train=features:OUT_DIR "
+                                   "data.val=features:OUT_DIR. One frame-sampler/augmentation draw per clip is frozen "
+                                   "in the cache.")
+    f.add_argument("config", help="recipe name or YAML file (both towers must be frozen)")
+    f.add_argument("out_dir", help="cache folder (index.json + train/val .safetensors)")
+    f.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.train=clips.jsonl:train")
+    f.add_argument("--overwrite", action="store_true", help="replace a cache already in OUT_DIR")
+    f.set_defaults(func=_features)
 
     r = sub.add_parser("recipes", help="list the shipped training recipes")
     r.set_defaults(func=_recipes)
@@ -64,6 +75,29 @@ def _train(args: argparse.Namespace) -> int:
         print(f"validation (zero-shot): WAR {last['war']:.2f}  UAR {last['uar']:.2f}  N {last['n_samples']}")
     if summary["bad_samples"]:
         print(f"{summary['bad_samples']} samples could not be read and were skipped; see {args.output}/run_summary.json")
+    return 0
+
+
+def _features(args: argparse.Namespace) -> int:
+    from affectclip.cli import UserError
+    from affectclip.train.config import ConfigError
+    from affectclip.train.features import build_feature_cache
+
+    cfg = _load(args.config, args.overrides)
+    try:
+        index = build_feature_cache(cfg, args.out_dir, overwrite=args.overwrite)
+    except ConfigError as exc:
+        raise UserError(str(exc)) from exc
+    for role, split in index["splits"].items():
+        print(f"{role}: cached {split['n']} samples, {len(split['errors'])} failed ({split['seconds']:.1f} s)")
+        for err in split["errors"][:10]:
+            print(f"  failed: index {err['index']} {err['path']}: {err['error']}")
+        if len(split["errors"]) > 10:
+            print(f"  ... {len(split['errors']) - 10} more in {args.out_dir}/index.json")
+    if cfg.data.augment or (cfg.data.video_sampler or {}).get("name") in ("window", "random_subset"):
+        print("note: the training split holds ONE augmentation / frame-window draw per clip, reused every epoch")
+    print(f"train from it: affectclip train {args.config} ... data.train=features:{args.out_dir}"
+          + (f" data.val=features:{args.out_dir}" if "val" in index["splits"] else ""))
     return 0
 
 

@@ -35,10 +35,13 @@ class ModelConfig:
 
 @dataclass
 class DataConfig:
-    train: str | None = "synthetic"  # "synthetic", a manifest path[:split], or a shard pattern (*.tar)
+    train: str | None = "synthetic"  # "synthetic", a manifest path[:split], a shard folder or pattern (*.tar)
     val: str | None = "synthetic"  # labelled split for zero-shot validation; None disables it
     classes: list[str] | None = None  # label names in index order (default: the dataset's own)
     batch_size: int = 64
+    # draw each epoch's samples with probability ∝ class size ** -class_balance (with replacement): 0 = plain
+    # shuffle, 0.5 = square-root balancing, 1 = all classes equally often (helps UAR on skewed data such as FER+)
+    class_balance: float = 0.0
     num_workers: int = 0
     drop_last: bool = True
     image_size: int | None = None  # default: the model's
@@ -48,6 +51,10 @@ class DataConfig:
     video_sampler: dict[str, Any] = field(default_factory=dict)  # {name: window|uniform|fps|random_subset, ...}
     consistent_clip_augment: bool = True  # False = EmotionCLIP's independent per-frame crops (faithful)
     synthetic: dict[str, Any] = field(default_factory=lambda: {"n_train": 2048, "n_val": 512, "image_size": 64, "seed": 0})
+    # tar shards: shuffle_buffer (samples held undecoded for shuffling; default 1000), resampled (draw shards with
+    # replacement: every rank/worker streams forever, so no rank runs dry; default false), epoch_samples (nominal
+    # epoch size when resampled; default the shards' sample count)
+    shards: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass

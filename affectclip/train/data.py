@@ -3,17 +3,22 @@
 `data.train` / `data.val` name a source:
 * ``synthetic`` — the built-in synthetic face generator (the embedded default for demos and tests);
 * ``PATH.jsonl|csv|parquet[:SPLIT]`` — a manifest, optionally restricted to rows whose `split` equals SPLIT;
-* ``PATTERN.tar`` (glob) — WebDataset-style shards written by `affectclip data shard` (training only).
+* ``PATTERN.tar`` (glob) or a shard folder with index.json — WebDataset-style shards written by
+  `affectclip data shard` (training only; options in `data.shards`);
+* ``features:DIR`` — a frozen-tower feature cache written by `affectclip features` (its train or val split, by role):
+  only the temporal head and logit scale train, without re-encoding frames (train/features.py).
 """
 
 from __future__ import annotations
 
 import glob
+from pathlib import Path
 from typing import Any
 
 from torch.utils.data import Dataset
 
 from affectclip.train.config import ConfigError, TrainConfig
+from affectclip.train.features import SOURCE_PREFIX
 
 MANIFEST_SUFFIXES = (".jsonl", ".csv", ".parquet")
 
@@ -41,10 +46,10 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
     if image_size != model.config["vision_cfg"]["image_size"]:
         raise ConfigError(f"data.image_size={image_size} differs from the model's input size "
                           f"{model.config['vision_cfg']['image_size']}; leave data.image_size unset")
-    train_ds, classes = _build(cfg, cfg.data.train, "train", train_tf)
+    train_ds, classes = _build(cfg, cfg.data.train, "train", train_tf, model)
     val_ds = None
     if cfg.data.val:
-        val_ds, val_classes = _build(cfg, cfg.data.val, "val", eval_tf)
+        val_ds, val_classes = _build(cfg, cfg.data.val, "val", eval_tf, model)
         classes = classes or val_classes
     if cfg.data.classes:
         classes = list(cfg.data.classes)
@@ -53,8 +58,14 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
     return train_ds, val_ds, list(classes or [])
 
 
-def _build(cfg: TrainConfig, source: str, role: str, transform: Any) -> tuple[Dataset, list[str] | None]:
+def _build(cfg: TrainConfig, source: str, role: str, transform: Any, model: Any) -> tuple[Dataset, list[str] | None]:
     d = cfg.data
+    if source.startswith(SOURCE_PREFIX):
+        from affectclip.train.features import FeatureDataset, model_key, require_frozen_towers
+
+        require_frozen_towers(cfg)
+        ds = FeatureDataset(source.removeprefix(SOURCE_PREFIX), role, expect=model_key(cfg, model))
+        return ds, ds.classes or d.classes
     if source == "synthetic":
         from affectclip.data.synthetic import SyntheticFaceDataset
 
@@ -68,15 +79,21 @@ def _build(cfg: TrainConfig, source: str, role: str, transform: Any) -> tuple[Da
                                   image_size=syn.get("image_size", 64), transform=transform,
                                   video_frames=d.video_frames, grayscale=syn.get("grayscale", False))
         return ds, list(ds.classes)
-    if source.endswith(".tar") or "*" in source:
+    if source.endswith(".tar") or "*" in source or (Path(source) / "index.json").is_file():
         if role != "train":
             raise ConfigError(f"data.{role}: shards are for training; validate on a manifest")
         from affectclip.data.shards import ShardDataset
 
-        urls = sorted(glob.glob(source))
+        allowed = {"shuffle_buffer", "resampled", "epoch_samples"}
+        unknown = set(d.shards) - allowed
+        if unknown:
+            raise ConfigError(f"unknown key(s) {sorted(unknown)} in data.shards; allowed: {sorted(allowed)}")
+        urls: Any = Path(source) if Path(source).is_dir() else sorted(glob.glob(source))
         if not urls:
             raise ConfigError(f"data.train: no shard matches '{source}'")
-        return ShardDataset(urls, transform=transform, seed=cfg.run.seed), d.classes
+        ds = ShardDataset(urls, transform=transform, seed=cfg.run.seed, classes=d.classes,
+                          **{"shuffle_buffer": 1000, **d.shards})
+        return ds, ds.classes
     path, split = split_source(source)
     if not path.endswith(MANIFEST_SUFFIXES):
         raise ConfigError(f"data.{role}='{source}' is neither 'synthetic', a manifest ({', '.join(MANIFEST_SUFFIXES)}"

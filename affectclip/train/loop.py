@@ -18,6 +18,7 @@ Run folder layout:
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import math
 import os
@@ -31,7 +32,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import yaml
-from torch.utils.data import DataLoader, Sampler
+from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from affectclip.errors import RunError
 from affectclip.train.config import ConfigError, TrainConfig
@@ -54,8 +55,10 @@ class EpochSampler(Sampler[int]):
     duplicates) so collective ops stay in step.
     """
 
-    def __init__(self, n: int, batch_size: int, seed: int, info: DistInfo, shuffle: bool = True) -> None:
+    def __init__(self, n: int, batch_size: int, seed: int, info: DistInfo, shuffle: bool = True,
+                 weights: torch.Tensor | None = None) -> None:
         self.n, self.batch_size, self.seed, self.info, self.shuffle = n, batch_size, seed, info, shuffle
+        self.weights = weights  # per-sample draw probabilities: an epoch of n draws with replacement
         self.epoch, self.skip_batches = 0, 0
         self.per_rank = n // info.world_size
 
@@ -66,8 +69,10 @@ class EpochSampler(Sampler[int]):
         return self.per_rank // self.batch_size
 
     def __iter__(self):
-        if self.shuffle:
-            g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        g = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        if self.weights is not None:
+            order = torch.multinomial(self.weights, self.n, replacement=True, generator=g)
+        elif self.shuffle:
             order = torch.randperm(self.n, generator=g)
         else:
             order = torch.arange(self.n)
@@ -77,6 +82,18 @@ class EpochSampler(Sampler[int]):
 
     def __len__(self) -> int:
         return max(0, self.batches_per_epoch() * self.batch_size - self.skip_batches * self.batch_size)
+
+
+def class_balance_weights(labels: list[int], alpha: float) -> torch.Tensor:
+    """Per-sample draw weights ∝ (size of the sample's class) ** -alpha.
+
+    alpha 0 = natural frequencies, 0.5 = square-root balancing, 1 = every class drawn equally often. Rare classes
+    (FER+ contempt and disgust are < 1 % of the faces) otherwise barely shape the embedding, which is what UAR
+    measures. Unlabelled samples (-1) form one group of their own.
+    """
+    y = torch.as_tensor(labels)
+    _, inverse, counts = torch.unique(y, return_inverse=True, return_counts=True)
+    return counts[inverse].double().pow(-alpha)
 
 
 # ----------------------------------------------------------------------------------------------- optimiser
@@ -356,11 +373,26 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     train_ds, val_ds, classes = build_datasets(cfg, model)
     task = build_task(cfg, model, tokenizer, info).to(device)
 
-    sampler = EpochSampler(len(train_ds), cfg.data.batch_size, cfg.run.seed, info)
-    steps_per_epoch = sampler.batches_per_epoch() // cfg.run.accum_freq
+    if isinstance(train_ds, IterableDataset):  # shards: the dataset splits itself by rank and worker
+        sampler = None
+        epoch_source: Any = train_ds
+        batches_per_epoch = train_ds.plan(cfg.data.batch_size, cfg.data.num_workers, info.rank, info.world_size)
+        size = f"{sum(train_ds.counts)} samples in {len(train_ds.shards)} shard(s)"
+    else:
+        weights = None
+        if cfg.data.class_balance:
+            if getattr(train_ds, "labels", None) is None:
+                raise ConfigError("data.class_balance needs a labelled training set (a manifest with `label`)")
+            weights = class_balance_weights(train_ds.labels, cfg.data.class_balance)
+        sampler = epoch_source = EpochSampler(len(train_ds), cfg.data.batch_size, cfg.run.seed, info, weights=weights)
+        batches_per_epoch = sampler.batches_per_epoch()
+        size = f"{len(train_ds)} samples"
+    steps_per_epoch = batches_per_epoch // cfg.run.accum_freq
     if steps_per_epoch == 0:
-        raise TrainingError(f"the training set has {len(train_ds)} samples: fewer than one batch of "
-                            f"{cfg.data.batch_size} x accum {cfg.run.accum_freq} per rank; lower data.batch_size")
+        raise TrainingError(f"the training set has {size}: fewer than one batch of {cfg.data.batch_size} x accum "
+                            f"{cfg.run.accum_freq} for some rank{' or DataLoader worker' * (sampler is None)}; lower "
+                            "data.batch_size" + (", write more shards or set data.shards.resampled=true"
+                                                 if sampler is None else ""))
     total_steps = steps_per_epoch * cfg.run.epochs
     if cfg.run.max_steps:
         total_steps = min(total_steps, cfg.run.max_steps)
@@ -397,11 +429,14 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
             if step >= total_steps:
                 break
             skip = position["batch"] if epoch == position["epoch"] else 0
-            sampler.set_epoch(epoch, skip_batches=skip)
+            epoch_source.set_epoch(epoch, skip_batches=skip)
+            if sampler is not None and hasattr(train_ds, "set_epoch"):
+                train_ds.set_epoch(epoch)  # per-epoch random video windows (seeded by epoch and sample)
             batch_index = skip
             micro: list[dict[str, Any]] = []
             t_data = time.time()
-            for batch in loader:
+            # islice: streamed shards can hold more than the planned epoch on some ranks
+            for batch in itertools.islice(loader, max(0, steps_per_epoch * cfg.run.accum_freq - skip)):
                 errors.extend(batch.pop("errors", []))
                 batch_index += 1
                 if "index" not in batch:  # every sample of this batch failed to load
@@ -527,8 +562,10 @@ def validate(model: nn.Module, tokenizer, val_ds, classes: list[str], cfg: Train
     from affectclip.eval.zeroshot import evaluate_zero_shot
 
     was_training = model.training
-    res = evaluate_zero_shot(model, tokenizer, val_ds, classes, build_prompts(classes, cfg.eval.prompts),
-                             agg=cfg.eval.agg, batch_size=cfg.data.batch_size, device=str(device))
+    cached = val_ds.feature_set(model, device) if hasattr(val_ds, "feature_set") else None  # features:DIR cache
+    res = evaluate_zero_shot(model, tokenizer, val_ds if cached is None else None, classes,
+                             build_prompts(classes, cfg.eval.prompts), agg=cfg.eval.agg,
+                             batch_size=cfg.data.batch_size, device=str(device), features=cached)
     model.train(was_training)
     keep = ("war", "uar", "n_samples", "n_failures", "per_class_recall", "confusion_matrix")
     return {k: v for k, v in res["metrics"].items() if k in keep}

@@ -63,26 +63,38 @@ class Task(nn.Module):
 
     def prepare(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         inputs: dict[str, Any] = {"index": list(_as_list(batch["index"])), "ids": list(batch.get("id", batch["index"]))}
-        visual_key = "video" if "video" in batch else "image"
-        if visual_key not in batch:
-            raise ValueError("batch has neither 'image' nor 'video'; check the dataset returns sample dicts")
-        inputs["visual"] = batch[visual_key].to(device, non_blocking=True)
-        if self.cfg.run.channels_last and inputs["visual"].ndim == 4:
-            inputs["visual"] = inputs["visual"].contiguous(memory_format=torch.channels_last)
         if "padding_mask" in batch:
             inputs["padding_mask"] = batch["padding_mask"].to(device)
-        if self.use_mask:
-            if "mask" not in batch:
-                raise ValueError("this model has a subject token but the batch carries no subject `mask`; add masks "
-                                 "to the data or set model.overrides.vision_cfg.subject_token=false")
-            inputs["mask"] = batch["mask"].to(device)
+        if "frame_features" in batch:  # a frozen-tower feature cache (train/features.py): no image tower pass
+            from affectclip.train.features import require_frozen_towers
+
+            require_frozen_towers(self.cfg)
+            inputs["frame_features"] = batch["frame_features"].to(device, non_blocking=True)
+        else:
+            self._prepare_pixels(batch, inputs, device)
         labels = batch.get("label")
         inputs["labels"] = (torch.as_tensor(labels, dtype=torch.long) if labels is not None
                             else torch.full((len(inputs["index"]),), -1, dtype=torch.long)).to(device)
         inputs["captions"] = list(batch["caption"])
         return inputs
 
+    def _prepare_pixels(self, batch: dict[str, Any], inputs: dict[str, Any], device: torch.device) -> None:
+        visual_key = "video" if "video" in batch else "image"
+        if visual_key not in batch:
+            raise ValueError("batch has neither 'image', 'video' nor 'frame_features'; check the dataset returns "
+                             "sample dicts")
+        inputs["visual"] = batch[visual_key].to(device, non_blocking=True)
+        if self.cfg.run.channels_last and inputs["visual"].ndim == 4:
+            inputs["visual"] = inputs["visual"].contiguous(memory_format=torch.channels_last)
+        if self.use_mask:
+            if "mask" not in batch:
+                raise ValueError("this model has a subject token but the batch carries no subject `mask`; add masks "
+                                 "to the data or set model.overrides.vision_cfg.subject_token=false")
+            inputs["mask"] = batch["mask"].to(device)
+
     def encode_visual(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
+        if "frame_features" in inputs:  # the rest of encode_video after its frozen frame encoder, same math
+            return F.normalize(model.pool_frames(inputs["frame_features"], inputs.get("padding_mask")), dim=-1)
         x = inputs["visual"]
         if x.ndim == 5:
             return model.encode_video(x, mask=inputs.get("mask"), padding_mask=inputs.get("padding_mask"))
@@ -104,7 +116,10 @@ class ContrastiveTask(Task):
     def prepare(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         inputs = super().prepare(batch, device)
         texts = [caption_text(c, self.cfg.data.caption_field) for c in inputs["captions"]]
-        inputs["tokens"] = self.tokenizer(texts).to(device)
+        if "text_features" in batch:  # cached by a frozen text tower (train/features.py)
+            inputs["text_features"] = batch["text_features"].to(device)
+        else:
+            inputs["tokens"] = self.tokenizer(texts).to(device)
         inputs["keys"] = torch.tensor([text_key(t) for t in texts], dtype=torch.long, device=device)
         return inputs
 
@@ -112,8 +127,12 @@ class ContrastiveTask(Task):
         # Captions built from labels/vote distributions repeat a lot within a batch: encode each distinct token row
         # once and scatter back (same features and gradients; a trainable text tower draws one dropout mask per
         # distinct caption instead of one per row).
-        unique, inverse = torch.unique(inputs["tokens"], dim=0, return_inverse=True)
-        return {"image": self.encode_visual(model, inputs), "text": model.encode_text(unique)[inverse],
+        if "text_features" in inputs:
+            text = inputs["text_features"]
+        else:
+            unique, inverse = torch.unique(inputs["tokens"], dim=0, return_inverse=True)
+            text = model.encode_text(unique)[inverse]
+        return {"image": self.encode_visual(model, inputs), "text": text,
                 "scale": model.logit_scale.exp(), "keys": inputs["keys"], "labels": inputs["labels"]}
 
     def targets(self, f: dict[str, Any]) -> torch.Tensor | None:
@@ -220,6 +239,9 @@ class GlobalLocalTask(Task):
         self.rng = random.Random(cfg.run.seed)
 
     def prepare(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+        if "frame_features" in batch:
+            raise ConfigError("the global_local task trains the image tower on images; a feature cache (data.train="
+                              "features:DIR) only serves clip/sentiment training of a temporal head")
         inputs = super().prepare(batch, device)
         caps = inputs["captions"]
         bad = [i for i, c in enumerate(caps) if not isinstance(c, dict) or not c.get("global")]

@@ -1,0 +1,35 @@
+"""Epoch sampling: seeded, split across ranks without duplicates, optional class balancing for skewed data."""
+
+from __future__ import annotations
+
+import torch
+
+from affectclip.train.distributed import DistInfo
+from affectclip.train.loop import EpochSampler, class_balance_weights
+
+
+def _info(rank: int = 0, world: int = 2) -> DistInfo:
+    return DistInfo(rank=rank, world_size=world, local_rank=rank)
+
+
+def test_ranks_get_disjoint_equal_shares_of_a_seeded_permutation():
+    shares = []
+    for rank in range(2):
+        s = EpochSampler(21, 4, seed=3, info=_info(rank))
+        s.set_epoch(1)
+        shares.append(list(s))
+    assert len(shares[0]) == len(shares[1]) == 8 and not set(shares[0]) & set(shares[1])
+    again = EpochSampler(21, 4, seed=3, info=_info(0))
+    again.set_epoch(1)
+    assert list(again) == shares[0]
+
+
+def test_class_balance_draws_rare_classes_as_often_as_common_ones():
+    labels = [0] * 900 + [1] * 90 + [2] * 10
+    counts = {}
+    for alpha in (0.0, 0.5, 1.0):
+        s = EpochSampler(1000, 10, seed=0, info=_info(0, 1), weights=class_balance_weights(labels, alpha))
+        drawn = torch.tensor(labels)[torch.tensor(list(s))]
+        counts[alpha] = torch.bincount(drawn, minlength=3).tolist()
+    assert counts[0.0][2] < 30 and counts[1.0][2] > 250 and counts[0.0][2] < counts[0.5][2] < counts[1.0][2]
+    assert sum(counts[1.0]) == 1000
