@@ -2,6 +2,8 @@
 
     python benchmarks/train_step.py [--configs tiny-vit-wordpiece ViT-B-32] [--batch 32] [--steps 5] [--device cpu]
 
+(ViT-B-32's CLIP tokenizer needs the BPE merges file: set AFFECTCLIP_BPE_PATH, see models/tokenizer.py.)
+
 For each config, in a fresh subprocess (so peak memory is per configuration):
 * `model fp32`: forward + CLIP loss + backward + AdamW on a fixed batch (no data loading), eager fp32;
 * `model fast`: the same with the fast path — bf16 autocast (TF32 and fused AdamW on CUDA); `--compile` adds
@@ -122,6 +124,8 @@ def main() -> None:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--modes", nargs="+", default=["fp32", "fast", "loop"], choices=["fp32", "fast", "loop"],
+                    help="which measurements to run (fp32 is the baseline of the ratios and always runs)")
     ap.add_argument("--out", default="benchmarks/results/train_step.json")
     ap.add_argument("--one", help=argparse.SUPPRESS)
     ap.add_argument("--mode", help=argparse.SUPPRESS)
@@ -133,7 +137,7 @@ def main() -> None:
     for config in args.configs:
         steps = args.steps if config.startswith("tiny") else max(2, args.steps // 2)
         row = {"config": config, "batch": args.batch, "device": args.device}
-        for mode in ("fp32", "fast", "loop"):
+        for mode in dict.fromkeys(["fp32", *args.modes]):
             cmd = [sys.executable, __file__, "--one", config, "--mode", mode, "--batch", str(args.batch),
                    "--steps", str(steps), "--device", args.device, "--threads", str(args.threads)]
             if args.compile:
@@ -143,15 +147,20 @@ def main() -> None:
             if not line:
                 raise SystemExit(f"{config} {mode} failed:\n{out.stderr[-2000:]}")
             row[mode] = json.loads(line[0][7:])
-        row["fast_vs_fp32"] = row["fast"]["samples_per_s"] / row["fp32"]["samples_per_s"]
-        row["loop_vs_model"] = row["loop"]["samples_per_s"] / row["fp32"]["samples_per_s"]
+        for mode, ratio in (("fast", "fast_vs_fp32"), ("loop", "loop_vs_model")):
+            if mode in row:
+                row[ratio] = row[mode]["samples_per_s"] / row["fp32"]["samples_per_s"]
         rows.append(row)
         print(f"{config}: done", flush=True)
     header = "| config | batch | model fp32 samples/s | model fast (bf16) samples/s | fast/fp32 | full loop samples/s | loop/model | peak RSS GB (fp32) |"
     lines = [header, "|" + "---|" * 8]
+    def cell(r: dict, key: str, fmt: str) -> str:
+        value = r[key]["samples_per_s"] if isinstance(r.get(key), dict) else r.get(key)
+        return "not run" if value is None else format(value, fmt)
+
     for r in rows:
-        lines.append(f"| {r['config']} | {r['batch']} | {r['fp32']['samples_per_s']:.1f} | {r['fast']['samples_per_s']:.1f} | "
-                     f"{r['fast_vs_fp32']:.2f} | {r['loop']['samples_per_s']:.1f} | {r['loop_vs_model']:.2f} | "
+        lines.append(f"| {r['config']} | {r['batch']} | {cell(r, 'fp32', '.1f')} | {cell(r, 'fast', '.1f')} | "
+                     f"{cell(r, 'fast_vs_fp32', '.2f')} | {cell(r, 'loop', '.1f')} | {cell(r, 'loop_vs_model', '.2f')} | "
                      f"{r['fp32']['peak_rss_gb']:.2f} |")
     print("\n".join(lines))
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
