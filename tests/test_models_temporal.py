@@ -23,6 +23,19 @@ def test_emoclip_quirk_parameter_counts_match_spec():
     )
 
 
+def test_emoclip_released_init_hides_the_frames_and_a_small_init_does_not():
+    """N(0,1) CLS/position tables (the release) swamp frame features of CLIP-like scale: two different clips give
+    nearly the same output at initialisation. embed_init_std=0.02 makes the output depend on the frames."""
+
+    def sensitivity(std: float) -> float:
+        torch.manual_seed(0)
+        head = build_temporal_head("emoclip_transformer", 128, faithful_quirk=True, embed_init_std=std)
+        a, b = head(torch.randn(4, 8, 128) * 0.4), head(torch.randn(4, 8, 128) * 0.4)
+        return ((a - b).norm(dim=-1) / a.norm(dim=-1)).mean().item()
+
+    assert sensitivity(1.0) < 0.1 and sensitivity(0.02) > 0.5
+
+
 @pytest.mark.parametrize("name", HEADS)
 def test_padded_clip_equals_unpadded_clip(name):
     torch.manual_seed(0)

@@ -104,16 +104,19 @@ class EmoCLIPTemporal(nn.Module):
     `faithful_quirk=True` reproduces the released construction `VClip(d_model=512, nhead=8, dim_forward=2048)`, which
     passes mlp_dim=d_model and dim_head=dim_forward: head size 2048 and a 512-wide FFN (~68.7 M parameters for two
     layers). False gives the evidently intended head size 64 and FFN 2048 (~6.8 M).
+    `embed_init_std`: the released code draws the CLS token and position table from N(0, 1); next to frame features
+    of std ~0.4 they dominate the CLS output at initialisation, so clips start almost indistinguishable. 0.02
+    (ViT-style) lets the frames through from the first step.
     """
 
     def __init__(self, dim: int, layers: int = 2, heads: int = 8, ffn_dim: int = 2048, dim_head: int = 64,
-                 faithful_quirk: bool = False, max_frames: int = 1024) -> None:
+                 faithful_quirk: bool = False, max_frames: int = 1024, embed_init_std: float = 1.0) -> None:
         super().__init__()
         if faithful_quirk:
             dim_head, ffn_dim = ffn_dim, dim
         self.max_frames = max_frames
-        self.cls_token = nn.Parameter(torch.randn(1, 1, dim))
-        self.pos_embedding = nn.Parameter(torch.randn(1, max_frames + 1, dim))
+        self.cls_token = nn.Parameter(torch.randn(1, 1, dim) * embed_init_std)
+        self.pos_embedding = nn.Parameter(torch.randn(1, max_frames + 1, dim) * embed_init_std)
         self.blocks = nn.ModuleList(
             nn.ModuleList([_PreNormAttention(dim, heads, dim_head), _PreNormFeedForward(dim, ffn_dim)]) for _ in range(layers)
         )
