@@ -27,6 +27,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from affectclip.models.temporal import masked_mean
+
 VIDEO_POOLS = ("mean_embed", "mean_logits")
 MASK_POLICIES = ("none", "full", "face")
 
@@ -51,14 +53,6 @@ class FeatureSet:
     @property
     def n_total(self) -> int:
         return len(self.indices) + len(self.errors)
-
-
-def masked_mean(x: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
-    """Mean over dim 1 of [B, T, ...] ignoring padded frames (True = padded)."""
-    if padding_mask is None:
-        return x.mean(1)
-    keep = (~padding_mask).to(x.dtype).reshape(*padding_mask.shape, *([1] * (x.ndim - 2)))
-    return (x * keep).sum(1) / keep.sum(1).clamp_min(1.0)
 
 
 def has_subject_token(model: torch.nn.Module) -> bool:
@@ -104,10 +98,18 @@ def encode_visual(
     if "image" in batch:
         return model.encode_image(batch["image"], mask=mask).float()
     frames, pad = batch["video"], batch.get("padding_mask")
+    if keep_frames and getattr(model, "temporal", None) is None:
+        return F.normalize(model.encode_frames(frames, mask=mask).float(), dim=-1)
+    return clip_features(model, model.encode_frames(frames, mask=mask), pad)
+
+
+def clip_features(model: torch.nn.Module, frame_feats: torch.Tensor, padding_mask: torch.Tensor | None) -> torch.Tensor:
+    """Normalised fp32 clip features from per-frame tower outputs [B,T,D]: the model's temporal head when it has one
+    (= `encode_video`), else the renormalised mean of the normalised frame embeddings (`mean_embed`). Shared by
+    pixel evaluation and feature caches (train/features.py) so both pool identically."""
     if getattr(model, "temporal", None) is not None:
-        return model.encode_video(frames, mask=mask, padding_mask=pad).float()
-    per_frame = F.normalize(model.encode_frames(frames, mask=mask).float(), dim=-1)
-    return per_frame if keep_frames else F.normalize(masked_mean(per_frame, pad), dim=-1)
+        return F.normalize(model.pool_frames(frame_feats, padding_mask=padding_mask), dim=-1).float()
+    return F.normalize(masked_mean(F.normalize(frame_feats.float(), dim=-1), padding_mask), dim=-1)
 
 
 def _stack(samples: list[dict[str, Any]], device: str) -> dict[str, torch.Tensor]:

@@ -16,8 +16,9 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from affectclip.eval.features import FeatureSet, extract_features, masked_mean
+from affectclip.eval.features import FeatureSet, extract_features
 from affectclip.eval.metrics import classification_report
+from affectclip.models.temporal import masked_mean
 
 AGGREGATIONS = ("embedding", "logit")
 

@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from affectclip.models.temporal import masked_mean
+
 
 class DualEncoder(nn.Module):
     """Image tower + text tower (+ optional temporal head) with a learnable, clamped logit scale.
@@ -98,10 +100,7 @@ class DualEncoder(nn.Module):
         """[B,T,D] frame features -> [B,D] clip feature through the temporal head (mean pooling if none)."""
         if self.temporal is not None:
             return self.temporal(frame_feats, padding_mask=padding_mask)
-        if padding_mask is None:
-            return frame_feats.mean(dim=1)
-        keep = (~padding_mask).unsqueeze(-1).to(frame_feats.dtype)
-        return (frame_feats * keep).sum(1) / keep.sum(1).clamp_min(1.0)
+        return masked_mean(frame_feats, padding_mask)
 
     def encode_video(
         self,

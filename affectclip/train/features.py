@@ -23,7 +23,6 @@ from __future__ import annotations
 import hashlib
 import json
 import os
-import random
 import time
 from pathlib import Path
 from typing import Any
@@ -31,7 +30,6 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from torch.utils.data import DataLoader, Dataset
 
 from affectclip.train.config import ConfigError, TrainConfig
@@ -76,11 +74,10 @@ def model_key(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
 def build_frozen_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
     """The recipe's model initialised exactly as `train` does on rank 0 (same seeds), in eval mode."""
     from affectclip.models.factory import create_model
+    from affectclip.train.loop import seed_everything
 
     require_frozen_towers(cfg)
-    torch.manual_seed(cfg.run.seed)
-    np.random.seed(cfg.run.seed)
-    random.seed(cfg.run.seed)
+    seed_everything(cfg.run.seed)
     model = create_model(cfg.model.name, pretrained=cfg.model.pretrained, **cfg.model.overrides)
     return model.requires_grad_(False).eval().to(device)
 
@@ -244,9 +241,9 @@ class FeatureDataset(Dataset):
 
     @torch.no_grad()
     def feature_set(self, model: nn.Module, device: str | torch.device = "cpu", batch_size: int = 256):
-        """Clip features for zero-shot validation, pooled as `eval.features.encode_visual` pools re-encoded clips
-        (temporal head, or the mean of normalised frame features without one); cache failures count as failures."""
-        from affectclip.eval.features import FeatureSet, masked_mean
+        """Clip features for zero-shot validation, pooled by `eval.features.clip_features` exactly as re-encoded clips
+        are; cache failures count as failures."""
+        from affectclip.eval.features import FeatureSet, clip_features
 
         was_training = model.training
         model.eval()
@@ -254,10 +251,7 @@ class FeatureDataset(Dataset):
         for s in range(0, len(self), batch_size):
             ff = self.tensors["frame_features"][s : s + batch_size].to(device)
             pad = self.tensors["padding_mask"][s : s + batch_size].to(device)
-            if getattr(model, "temporal", None) is not None:
-                out.append(F.normalize(model.pool_frames(ff, padding_mask=pad), dim=-1).float().cpu())
-            else:
-                out.append(F.normalize(masked_mean(F.normalize(ff, dim=-1), pad), dim=-1).float().cpu())
+            out.append(clip_features(model, ff, pad).cpu())
         model.train(was_training)
         return FeatureSet(features=torch.cat(out).numpy() if out else np.zeros((0, model.embed_dim), np.float32),
                           labels=np.asarray(self.labels, dtype=np.int64), indices=np.arange(len(self)),

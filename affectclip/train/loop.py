@@ -173,6 +173,13 @@ def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainC
 # ----------------------------------------------------------------------------------------------- run folder
 
 
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy and Python's RNGs: model initialisation and augmentation draw from all three."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
+
+
 def _resolve_device(spec: str) -> torch.device:
     if spec == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -347,9 +354,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     out = Path(output_dir) if output_dir else None
     if out is not None and info.is_main:
         prepare_output_dir(out, cfg, resume, overwrite)
-    torch.manual_seed(cfg.run.seed + info.rank)
-    np.random.seed(cfg.run.seed + info.rank)
-    random.seed(cfg.run.seed + info.rank)
+    seed_everything(cfg.run.seed + info.rank)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True

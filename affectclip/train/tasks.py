@@ -65,10 +65,7 @@ class Task(nn.Module):
         inputs: dict[str, Any] = {"index": list(_as_list(batch["index"])), "ids": list(batch.get("id", batch["index"]))}
         if "padding_mask" in batch:
             inputs["padding_mask"] = batch["padding_mask"].to(device)
-        if "frame_features" in batch:  # a frozen-tower feature cache (train/features.py): no image tower pass
-            from affectclip.train.features import require_frozen_towers
-
-            require_frozen_towers(self.cfg)
+        if "frame_features" in batch:  # a frozen-tower feature cache (train/features.py checked the towers are frozen)
             inputs["frame_features"] = batch["frame_features"].to(device, non_blocking=True)
         else:
             self._prepare_pixels(batch, inputs, device)
