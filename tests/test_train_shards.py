@@ -110,3 +110,14 @@ def test_batch_schedule_follows_the_dataloader_worker_cycle(shard_dir):
     full = batches(0)  # worker 0: 24 samples -> 6 batches, worker 1: 20 -> 5
     assert len(full) == 11 and len(set(sum(full, []))) == 44
     assert batches(7) == full[7:] and batches(10) == full[10:] and batches(3) == full[3:]
+
+
+def test_a_corrupt_shard_is_counted_and_training_goes_on(shard_dir, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(shard_dir, broken)
+    (broken / "shard-000001.tar").write_bytes(b"not a tar archive")
+    summary = train(load_config("demo", [*TINY, f"data.train={broken}", "run.epochs=1", "data.shards={shuffle_buffer: 0}"]),
+                    tmp_path / "run")
+    assert summary["steps"] >= 3 and summary["bad_samples"] == 1
+    (bad,) = summary["bad_sample_list"]
+    assert bad["path"].endswith("shard-000001.tar") and "unreadable shard" in bad["error"]

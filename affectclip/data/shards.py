@@ -87,20 +87,29 @@ def write_shards(manifest: Manifest, out_dir: str | Path, max_size: int = 256 * 
 
 
 def _iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
-    """(key, {suffix: bytes}) groups of consecutive members sharing a key."""
+    """(key, {suffix: bytes}) groups of consecutive members sharing a key.
+
+    A corrupt or truncated tar ends with one `{".error": message}` group (the samples read before the damage are
+    kept; the incomplete one is dropped), so a long run counts the bad shard instead of dying on it."""
     key, group = None, {}
-    with tarfile.open(path, "r") as tar:
-        for member in tar:
-            if not member.isfile():
-                continue
-            name = member.name.rsplit("/", 1)[-1]
-            k, _, suffix = name.partition(".")
-            if k != key and group:
-                yield key, group
-                group = {}
-            key = k
-            f = tar.extractfile(member)
-            group["." + suffix] = f.read() if f is not None else b""
+    try:
+        with tarfile.open(path, "r") as tar:
+            for member in tar:
+                if not member.isfile():
+                    continue
+                name = member.name.rsplit("/", 1)[-1]
+                k, _, suffix = name.partition(".")
+                if k != key and group:
+                    yield key, group
+                    group = {}
+                key = k
+                f = tar.extractfile(member)
+                group["." + suffix] = f.read() if f is not None else b""
+    except (tarfile.TarError, OSError, EOFError) as exc:
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        message = f"unreadable shard ({reason}); the rest of this shard is skipped: re-write it with `affectclip data shard`"
+        yield key or "", {".error": message.encode()}
+        return
     if group:
         yield key, group
 
@@ -225,6 +234,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def _sample(self, shard: Path, key: str, group: dict[str, bytes], position: int) -> dict[str, Any]:
         where = f"{shard}:{key}"
+        if ".error" in group:
+            return {"error": group[".error"].decode(), "index": position, "path": str(shard)}
         meta = json.loads(group[".json"]) if ".json" in group else {}
         image_suffix = next((s for s in group if s not in (".json", ".mask.png")), None)
         if image_suffix is None:
