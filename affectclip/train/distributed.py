@@ -49,5 +49,8 @@ def all_reduce_mean(value: float, info: DistInfo) -> float:
 
 
 def cleanup(info: DistInfo) -> None:
+    """Leave the process group together: a rank that tears gloo down while rank 0 is still writing can abort
+    ("terminate called without an active exception")."""
     if info.enabled and dist.is_initialized():
+        dist.barrier()
         dist.destroy_process_group()
