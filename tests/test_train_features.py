@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -64,6 +68,20 @@ def test_cached_training_learns_and_validates_zero_shot(cache, tmp_path):
     losses = _losses(tmp_path / "run")
     assert np.mean(losses[-4:]) < np.mean(losses[:4]) - 0.1, losses
     assert summary["validation"][-1]["n_samples"] == 32
+
+
+@pytest.mark.slow
+def test_two_ranks_train_from_one_cache_of_randomly_initialised_towers(cache, tmp_path):
+    """Every rank must build the same frozen towers (seeded by run.seed, not seed + rank), or the cache's weight
+    check refuses rank 1's towers as stale."""
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affectclip.cli",
+           "train", "emoclip", *TINY, "data.val=null", "run.max_steps=2", f"data.train=features:{cache}",
+           "--output", str(tmp_path / "ddp")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "run_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["steps"] == 2
 
 
 def test_zero_shot_validation_on_the_cache_equals_re_encoding(cache):

@@ -354,7 +354,8 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     out = Path(output_dir) if output_dir else None
     if out is not None and info.is_main:
         prepare_output_dir(out, cfg, resume, overwrite)
-    seed_everything(cfg.run.seed + info.rank)
+    seed_everything(cfg.run.seed)  # the same initial weights on every rank (a frozen tower is never broadcast
+    # before the feature-cache check in build_datasets compares its weights with the cache's)
     if device.type == "cuda":
         torch.backends.cuda.matmul.allow_tf32 = True
         torch.backends.cudnn.allow_tf32 = True
@@ -375,6 +376,8 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     if cfg.run.channels_last:
         model.to(memory_format=torch.channels_last)
     tokenizer = get_tokenizer(model)
+    if info.rank:  # other ranks draw their own data order and augmentation from here on
+        seed_everything(cfg.run.seed + info.rank)
     train_ds, val_ds, classes = build_datasets(cfg, model)
     task = build_task(cfg, model, tokenizer, info).to(device)
 
