@@ -49,7 +49,8 @@ def test_predict_writes_every_format_with_status_rows(model_path, media, tmp_pat
     assert df["status"].iloc[3].startswith("error")
     assert {"happy", "sad", "top_label", "face_id", "timestamp"} <= set(df.columns)
     assert pd.isna(df["face_id"].iloc[2]) and np.allclose(df[["happy", "sad"]].iloc[:2].sum(axis=1), 1.0)
-    assert "d_broken.png" in capsys.readouterr().err  # failure summary names the file
+    err = capsys.readouterr().err
+    assert err.count("d_broken.png: ") == 1 and "cannot read this image" in err  # names the file (once), says why
 
 
 def test_predict_prints_table_and_plots(model_path, media, tmp_path, capsys):

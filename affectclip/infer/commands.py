@@ -77,7 +77,8 @@ def _report_failures(df) -> int:
     """Print failed inputs and why to stderr; return the exit status (1 when nothing at all was processed)."""
     failed = df[df["status"].str.startswith("error")]
     for source, status in zip(failed["source"], failed["status"], strict=True):
-        print(f"  failed: {source}: {status.removeprefix('error: ')}", file=sys.stderr)
+        reason = status.removeprefix("error: ").removeprefix(f"{source}: ")  # most messages already name the file
+        print(f"  failed: {source}: {reason}", file=sys.stderr)
     n_sources = df["source"].nunique()
     if len(failed):
         print(f"{failed['source'].nunique()} of {n_sources} input(s) failed", file=sys.stderr)
