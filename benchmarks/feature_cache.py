@@ -12,6 +12,11 @@ Each is timed for two temporal heads: the recipe's released head (`faithful_quir
 ~68.7 M parameters) and the intended one (`faithful_quirk: false`, ~6.8 M). Seconds per epoch = the trainer's own
 wall time (after set-up) / epochs. Prints a table and writes benchmarks/results/feature_cache.json.
 
+`FLOP bound`: the largest speed-up any cache can give, from the work each path must do per clip of T frames:
+re-encode = T x (ViT forward per frame) + (text forward) + head training, cached = head training, with head training
+~ 6 x (head parameters) x T FLOPs (forward 2, backward 4 per parameter per token; attention over T <= 32 tokens is
+negligible). A head whose training costs a tenth of a frame forward cannot be cached 50x faster.
+
 `--threads 1` (default) pins both paths to one intra-op thread: on a shared 2-core machine two threads stall on
 every small op whenever the other core is busy, which inflates the head's many small ops far more than the frame
 encoder's large GEMMs (measured 0.9 s vs 0.06 s per cached step), i.e. it would flatter neither path fairly.
@@ -50,6 +55,21 @@ def overrides(args: argparse.Namespace, quirk: bool) -> list[str]:
     ]
 
 
+def flop_bound(cfg_overrides: list[str], frames: int) -> dict:
+    """(re-encode FLOPs per clip) / (cached FLOPs per clip) for this recipe's towers and temporal head."""
+    from train_step import forward_flops
+
+    from affectclip.models.factory import create_model
+
+    cfg = load_config("emoclip", cfg_overrides)
+    model = create_model(cfg.model.name, pretrained=None, **cfg.model.overrides)
+    image, text = forward_flops(model.config)
+    head = 6.0 * sum(p.numel() for p in model.temporal.parameters()) * frames
+    return {"head_params": sum(p.numel() for p in model.temporal.parameters()), "image_gflop_per_frame": image / 1e9,
+            "text_gflop_per_clip": text / 1e9, "head_train_gflop_per_clip": head / 1e9,
+            "flop_bound": (frames * image + text + head) / head}
+
+
 def seconds_per_epoch(cfg_overrides: list[str], epochs: int) -> float:
     summary = train(load_config("emoclip", [*cfg_overrides, f"run.epochs={epochs}"]), None)
     return summary["seconds"] / epochs
@@ -81,7 +101,7 @@ def main() -> None:
             reencode = seconds_per_epoch(base, args.epochs)
             cached = seconds_per_epoch([*base, f"data.train=features:{tmp}"], args.cached_epochs)
             rows.append({"head": head, "reencode_s_per_epoch": reencode, "cached_s_per_epoch": cached,
-                         "speedup": reencode / cached})
+                         "speedup": reencode / cached, **flop_bound(base, args.frames)})
     result = {
         "command": "python benchmarks/feature_cache.py " + " ".join(
             f"--{k.replace('_', '-')} {v}" for k, v in vars(args).items() if k != "out"),
@@ -93,10 +113,11 @@ def main() -> None:
     }
     print(f"{args.clips} clips x {args.frames} frames, ViT-B/32 @224 frozen, batch {args.batch}, {args.device}; "
           f"cache built once in {build_s:.1f} s")
-    print(f"{'temporal head':18s} {'re-encode s/epoch':>18s} {'cached s/epoch':>15s} {'speed-up':>9s}")
+    print(f"{'temporal head':18s} {'params':>7s} {'re-encode s/epoch':>18s} {'cached s/epoch':>15s} {'speed-up':>9s} "
+          f"{'FLOP bound':>10s}")
     for r in rows:
-        print(f"{r['head']:18s} {r['reencode_s_per_epoch']:18.2f} {r['cached_s_per_epoch']:15.3f} "
-              f"{r['speedup']:8.1f}x")
+        print(f"{r['head']:18s} {r['head_params'] / 1e6:6.1f}M {r['reencode_s_per_epoch']:18.2f} "
+              f"{r['cached_s_per_epoch']:15.3f} {r['speedup']:8.1f}x {r['flop_bound']:9.1f}x")
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text(json.dumps(result, indent=2))
     print(f"wrote {args.out}")

@@ -1,6 +1,6 @@
 """Training-step speed: model-only step vs the full loop (data included), eager fp32 vs the fast path.
 
-    python benchmarks/train_step.py [--configs tiny-vit-wordpiece ViT-B-32] [--batch 32] [--steps 5] [--device cpu]
+    python benchmarks/train_step.py [--configs tiny-vit-wordpiece ViT-B-32] [--batch 32] [--steps 20] [--workers 1] [--device cpu]
 
 (ViT-B-32's CLIP tokenizer needs the BPE merges file: set AFFECTCLIP_BPE_PATH, see models/tokenizer.py.)
 
@@ -8,8 +8,10 @@ For each config, in a fresh subprocess (so peak memory is per configuration):
 * `model fp32`: forward + CLIP loss + backward + AdamW on a fixed batch (no data loading), eager fp32;
 * `model fast`: the same with the fast path — bf16 autocast (TF32 and fused AdamW on CUDA); `--compile` adds
   torch.compile;
-* `full loop`: `affectclip.train.loop.train` on synthetic faces (decoding, augmentation, tokenisation, logging
-  included) at the model's own input size, fp32 — reported as a ratio of the model-only fp32 rate (target >= 0.95).
+* `full loop`: `affectclip.train.loop.train` on synthetic faces written once as PNG files + a manifest (not timed),
+  so decoding, augmentation (in `--workers` DataLoader processes), tokenisation and per-step JSONL logging are
+  included, at the model's own input size, fp32; steady-state rate after 2 warm-up steps, like the model-only
+  rate — reported as a ratio of the model-only fp32 rate (target >= 0.95).
 Prints a table and writes JSON (default benchmarks/results/train_step.json).
 
 MFU (GPU runs): achieved FLOP/s / peak. Training FLOPs per sample = 3 x forward FLOPs (backward ~ 2 x forward), with
@@ -28,20 +30,28 @@ import sys
 import time
 from pathlib import Path
 
+WARMUP_STEPS = 2
 
-def flops_per_sample(cfg: dict) -> float:
-    """Training FLOPs of one (image, text) pair for a CLIP ViT + text transformer config (formula in the docstring)."""
+
+def forward_flops(cfg: dict) -> tuple[float, float]:
+    """Forward FLOPs of one image and of one text for a CLIP ViT + text transformer config (formula in the
+    docstring); a tower of another type counts 0."""
     v, t = cfg["vision_cfg"], cfg["text_cfg"]
-    total = 0.0
+    image = text = 0.0
     if v["type"] == "vit":
         tokens = (v["image_size"] // v["patch_size"]) ** 2 + 1
         w = v["width"]
-        total += 2 * (tokens - 1) * 3 * v["patch_size"] ** 2 * w
-        total += v["layers"] * (2 * tokens * 12 * w * w + 4 * tokens * tokens * w) + 2 * w * cfg["embed_dim"]
+        image = 2 * (tokens - 1) * 3 * v["patch_size"] ** 2 * w
+        image += v["layers"] * (2 * tokens * 12 * w * w + 4 * tokens * tokens * w) + 2 * w * cfg["embed_dim"]
     if t["type"] == "clip":
         n, w = t["context_length"], t["width"]
-        total += t["layers"] * (2 * n * 12 * w * w + 4 * n * n * w) + 2 * w * cfg["embed_dim"]
-    return 3.0 * total
+        text = t["layers"] * (2 * n * 12 * w * w + 4 * n * n * w) + 2 * w * cfg["embed_dim"]
+    return image, text
+
+
+def flops_per_sample(cfg: dict) -> float:
+    """Training FLOPs of one (image, text) pair: 3 x forward (backward ~ 2 x forward)."""
+    return 3.0 * sum(forward_flops(cfg))
 
 
 def _model_step_rate(config: str, batch: int, steps: int, fast: bool, device: str, compile_: bool) -> dict:
@@ -73,7 +83,8 @@ def _model_step_rate(config: str, batch: int, steps: int, fast: bool, device: st
         loss.backward()
         opt.step()
 
-    step()  # warm-up (and compilation)
+    for _ in range(WARMUP_STEPS):  # warm-up (and compilation)
+        step()
     if device.startswith("cuda"):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
@@ -90,17 +101,30 @@ def _model_step_rate(config: str, batch: int, steps: int, fast: bool, device: st
     return res
 
 
-def _full_loop_rate(config: str, batch: int, steps: int, device: str) -> dict:
+def _full_loop_rate(config: str, batch: int, steps: int, device: str, workers: int) -> dict:
+    """The user's path: PNG files + manifest on disk, decoded and augmented by `workers` DataLoader processes,
+    tokenised, stepped and logged by `affectclip.train.loop.train`. The rate is the steady state (the first
+    `WARMUP_STEPS` are dropped, as the model-only measurement drops its warm-up), from every step's JSONL record."""
+    import tempfile
+
+    from affectclip.data.synthetic import write_synthetic_dataset
+    from affectclip.models.factory import get_model_config
     from affectclip.train.config import load_config
     from affectclip.train.loop import train
 
-    size = __import__("affectclip.models.factory", fromlist=["x"]).get_model_config(config)["vision_cfg"]["image_size"]
-    n = batch * (steps + 1)
-    cfg = load_config("demo", [f"model.name={config}", "data.val=null", f"data.batch_size={batch}",
-                               f"data.synthetic={{n_train: {n}, n_val: 0, image_size: {size}, seed: 0}}",
-                               "run.epochs=1", "run.progress=false", f"run.device={device}", "run.log_every=1000"])
-    summary = train(cfg, None)
-    return {"samples_per_s": summary["samples_per_s"], "steps": summary["steps"]}
+    size = get_model_config(config)["vision_cfg"]["image_size"]
+    with tempfile.TemporaryDirectory() as tmp:
+        manifest = write_synthetic_dataset(Path(tmp) / "data", batch * (steps + WARMUP_STEPS), 0, seed=0,
+                                           image_size=size)
+        cfg = load_config("demo", [f"model.name={config}", f"data.train={manifest}:train", "data.val=null",
+                                   f"data.batch_size={batch}", f"data.num_workers={workers}", "run.epochs=1",
+                                   "run.progress=false", f"run.device={device}", "run.log_every=1"])
+        summary = train(cfg, Path(tmp) / "run")
+        records = [json.loads(line) for line in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()]
+    steady = [r for r in records if "batch_time" in r][WARMUP_STEPS:]
+    return {"samples_per_s": batch * len(steady) / sum(r["batch_time"] for r in steady),
+            "data_wait_s": sum(r["data_time"] for r in steady) / len(steady), "steps": summary["steps"],
+            "workers": workers, "bad_samples": summary["bad_samples"]}
 
 
 def run_one(args: argparse.Namespace) -> None:
@@ -109,7 +133,7 @@ def run_one(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     if args.mode == "loop":
-        res = _full_loop_rate(args.one, args.batch, args.steps, args.device)
+        res = _full_loop_rate(args.one, args.batch, args.steps, args.device, args.workers)
     else:
         res = _model_step_rate(args.one, args.batch, args.steps, args.mode == "fast", args.device, args.compile)
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
@@ -120,9 +144,10 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--configs", nargs="+", default=["tiny-vit-wordpiece", "ViT-B-32"])
     ap.add_argument("--batch", type=int, default=32)
-    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--steps", type=int, default=20)
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--workers", type=int, default=1, help="DataLoader worker processes of the full loop")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--modes", nargs="+", default=["fp32", "fast", "loop"], choices=["fp32", "fast", "loop"],
                     help="which measurements to run (fp32 is the baseline of the ratios and always runs)")
@@ -135,11 +160,12 @@ def main() -> None:
         return
     rows = []
     for config in args.configs:
-        steps = args.steps if config.startswith("tiny") else max(2, args.steps // 2)
+        steps = args.steps if config.startswith("tiny") else max(2, args.steps // 8)
         row = {"config": config, "batch": args.batch, "device": args.device}
         for mode in dict.fromkeys(["fp32", *args.modes]):
             cmd = [sys.executable, __file__, "--one", config, "--mode", mode, "--batch", str(args.batch),
-                   "--steps", str(steps), "--device", args.device, "--threads", str(args.threads)]
+                   "--steps", str(steps), "--device", args.device, "--threads", str(args.threads),
+                   "--workers", str(args.workers)]
             if args.compile:
                 cmd.append("--compile")
             out = subprocess.run(cmd, capture_output=True, text=True)
