@@ -60,6 +60,9 @@ def test_varied_ferplus_captions_vary_words_but_never_use_the_synonym_test_words
     assert all(f" {w} " in text for w in ("happiness", "happy", *TRAIN_SYNONYMS["happiness"]))
     held_out = {w for words in EVAL_SYNONYMS.values() for w in words}
     assert not held_out & {w for words in TRAIN_ADJECTIVES.values() for w in words}
+    # not even a relative of a held-out word (furious/fury, sneering/sneer): no shared 5-letter word prefix
+    stems = {part[:5] for w in held_out for part in w.split()}
+    assert not [w for words in TRAIN_ADJECTIVES.values() for w in words for part in w.split() if part[:5] in stems]
     assert not [w for w in held_out if f" {w} " in text]
 
 
