@@ -33,3 +33,19 @@ def test_class_balance_draws_rare_classes_as_often_as_common_ones():
         counts[alpha] = torch.bincount(drawn, minlength=3).tolist()
     assert counts[0.0][2] < 30 and counts[1.0][2] > 250 and counts[0.0][2] < counts[0.5][2] < counts[1.0][2]
     assert sum(counts[1.0]) == 1000
+
+
+def test_subject_masks_are_read_only_for_a_subject_token_model(tmp_path):
+    """A manifest's masks cost a second decode per sample: read them only when the image tower takes them."""
+    from affectclip.data.synthetic import write_synthetic_dataset
+    from affectclip.models.factory import create_model
+    from affectclip.train.config import load_config
+    from affectclip.train.data import build_datasets
+
+    manifest = write_synthetic_dataset(tmp_path / "d", 4, 0, image_size=64)
+    for subject_token, has_mask in ((False, False), (True, True)):
+        cfg = load_config("demo", [f"data.train={manifest}:train", "data.val=null"])
+        model = create_model("tiny-vit-wordpiece", vision_cfg={"subject_token": subject_token})
+        train_ds, _, _ = build_datasets(cfg, model)
+        sample = train_ds[0]
+        assert ("mask" in sample) is has_mask and sample["image"].shape == (3, 64, 64)

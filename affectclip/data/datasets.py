@@ -88,10 +88,12 @@ class ManifestDataset(torch.utils.data.Dataset):
     video_sampler: an object with `indices(n_frames, fps, rng)` (see data/video.py); default 16 uniform frames.
     seed: randomness of random samplers, drawn per (seed, epoch, index) so any sample is reproducible;
       call `set_epoch` to vary it across epochs.
+    read_masks: decode the rows' subject masks; False for a model without a subject token saves a second image
+      decode and transform per sample.
     """
 
     def __init__(self, manifest: Manifest | str | Path, transform=None, classes: Sequence[str] | None = None,
-                 kind: str = "auto", video_sampler=None, seed: int = 0):
+                 kind: str = "auto", video_sampler=None, seed: int = 0, read_masks: bool = True):
         if kind not in ("auto", "image", "video"):
             raise ValueError(f"kind must be 'auto', 'image' or 'video', got {kind!r}")
         self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, check_files=False)
@@ -110,7 +112,7 @@ class ManifestDataset(torch.utils.data.Dataset):
                 raise ValueError(f"manifest row {r.get('_row', i + 1)}: {field} has {len(soft)} values for "
                                  f"{n_classes} classes {self.classes}")
         self.transform, self.kind, self.seed, self.epoch = transform, kind, seed, 0
-        self.video_sampler = video_sampler
+        self.video_sampler, self.read_masks = video_sampler, read_masks
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -159,7 +161,7 @@ class ManifestDataset(torch.utils.data.Dataset):
             if not path.exists():
                 raise FileNotFoundError(f"file not found: {path}")
             if self._kind(path) == "image":
-                mask = self.manifest.resolve(rec["mask"]) if "mask" in rec else None
+                mask = self.manifest.resolve(rec["mask"]) if self.read_masks and "mask" in rec else None
                 sample = load_image_sample(path, mask, self.transform)
             else:
                 sample = self._video(path, rec, index)

@@ -155,7 +155,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
     def __init__(self, urls: str | Path | Sequence[str | Path], transform=None, shuffle_buffer: int = 0,
                  seed: int = 0, rank: int = 0, world_size: int = 1, classes: Sequence[str] | None = None,
                  target_names: Sequence[str] | None = None, resampled: bool = False,
-                 epoch_samples: int | None = None):
+                 epoch_samples: int | None = None, read_masks: bool = True):
         if not 0 <= rank < world_size:
             raise ValueError(f"rank must be in [0, world_size={world_size}), got {rank}")
         if shuffle_buffer < 0:
@@ -179,6 +179,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             raise FileNotFoundError(f"shard(s) not found: {missing[:5]}")
         self._counts = counts
         self.transform, self.shuffle_buffer, self.seed = transform, shuffle_buffer, seed
+        self.read_masks = read_masks
         self.resampled, self.epoch_samples = resampled, epoch_samples
         self.rank, self.world_size, self.epoch = rank, world_size, 0
         self.batch_size, self.num_workers, self.skip_batches = 1, 0, 0
@@ -242,7 +243,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
             return {"error": "no image member in the shard for this key", "index": position, "path": where}
         index = meta["index"] if isinstance(meta.get("index"), int) else position
         try:
-            mask = io.BytesIO(group[".mask.png"]) if ".mask.png" in group else None
+            mask = io.BytesIO(group[".mask.png"]) if self.read_masks and ".mask.png" in group else None
             sample = load_image_sample(io.BytesIO(group[image_suffix]), mask, self.transform)
         except DECODE_ERRORS as exc:
             return {"error": f"{type(exc).__name__}: {exc}", "index": index, "path": where}
