@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from affectclip.data.datasets import ManifestDataset  # noqa: E402
-from affectclip.data.ferplus import ADJECTIVES, EVAL_SYNONYMS, FERPLUS_CLASSES  # noqa: E402
+from affectclip.data.ferplus import ADJECTIVES, EVAL_SYNONYMS, FERPLUS_CLASSES, TRAIN_ADJECTIVES  # noqa: E402
 from affectclip.data.manifest import Manifest, read_manifest  # noqa: E402
 
 PROMPT_SETS = ("expclip5", "expression", "classname", "face_expression", "expclip10", "clip_benchmark_fer")
@@ -118,10 +118,40 @@ def evaluate(model_path: str, manifest_path: str, probe_train: int, batch_size: 
         out["zero_shot"][name] = {**r["metrics"], "prompts": r["prompts"], "prompts_truncated": r["prompts_truncated"]}
     out["headline_prompts"] = HEADLINE
     out["synonyms"] = synonym_study(model, tokenizer, valid, caption_words(manifest_path))
+    out["text_neighbours"] = text_neighbours(model, tokenizer)
     if probe_train > 0:
         train = extract_features(model, dataset(ferplus_split(manifest_path, "train", probe_train, seed), tf), batch_size)
         probe = linear_probe(train.features, train.labels, valid.features, valid.labels, FERPLUS_CLASSES, seed=seed)
         out["linear_probe"] = {**probe["metrics"], "probe": probe["probe"], "n_train": int(train.labels.size)}
+    return out
+
+
+def text_neighbours(model, tokenizer) -> dict[str, Any]:
+    """Which class's training words each held-out word is nearest to, in the text tower's raw sentence space (the
+    frozen MiniLM, before our projection) and in the joint space: a word already misplaced before the projection
+    is a limit of the text encoder, not of training. Nearest = highest cosine to any training adjective of a class,
+    each inside "a photo of a {word} face"."""
+    import torch
+    import torch.nn.functional as F
+
+    def embed(words: list[str], raw: bool) -> torch.Tensor:
+        tokens = tokenizer([f"a photo of a {w} face" for w in words])
+        with torch.no_grad():
+            out = model.text.sentence_embedding(tokens) if raw else model.encode_text(tokens)
+        return F.normalize(out.float(), dim=-1)
+
+    train = [(c, w) for c in FERPLUS_CLASSES for w in TRAIN_ADJECTIVES[c]]
+    held_out = [(c, w) for c in FERPLUS_CLASSES for w in SYNONYMS[c]]
+    out: dict[str, Any] = {}
+    for space in ("raw", "joint"):
+        if space == "raw" and not hasattr(model.text, "sentence_embedding"):
+            continue
+        sims = embed([w for _, w in held_out], space == "raw") @ embed([w for _, w in train], space == "raw").T
+        nearest = {}
+        for i, (_, word) in enumerate(held_out):
+            best = {c: max(float(sims[i, j]) for j, (tc, _) in enumerate(train) if tc == c) for c in FERPLUS_CLASSES}
+            nearest[word] = max(best, key=best.get)
+        out[space] = {"nearest_class": nearest, "misplaced": [w for c, w in held_out if nearest[w] != c]}
     return out
 
 
@@ -143,6 +173,9 @@ def table(res: dict[str, Any]) -> str:
     lines.append("per word (class recall with this word vs canonical adjective):")
     for w in syn["per_word"]:
         lines.append(f"  {w['class']:10s} {w['word']:14s} {w['recall']:.2f} vs {w['canonical_recall']:.2f}")
+    for space, r in res["text_neighbours"].items():
+        wrong = ", ".join(f"{w} -> {r['nearest_class'][w]}" for w in r["misplaced"]) or "none"
+        lines.append(f"held-out words nearest another class's training words ({space} text space): {wrong}")
     return "\n".join(lines)
 
 
