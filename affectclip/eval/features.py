@@ -56,6 +56,7 @@ class FeatureSet:
 
 
 def has_subject_token(model: torch.nn.Module) -> bool:
+    """Whether the image tower takes a subject mask (EmotionCLIP's subject token); only then are masks read."""
     return bool(getattr(getattr(model, "visual", None), "subject_token", False))
 
 

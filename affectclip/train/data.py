@@ -17,6 +17,7 @@ from typing import Any
 
 from torch.utils.data import Dataset
 
+from affectclip.eval.features import has_subject_token
 from affectclip.train.config import ConfigError, TrainConfig
 from affectclip.train.features import SOURCE_PREFIX
 
@@ -92,7 +93,7 @@ def _build(cfg: TrainConfig, source: str, role: str, transform: Any, model: Any)
         if not urls:
             raise ConfigError(f"data.train: no shard matches '{source}'")
         ds = ShardDataset(urls, transform=transform, seed=cfg.run.seed, classes=d.classes,
-                          read_masks=uses_masks(model), **{"shuffle_buffer": 1000, **d.shards})
+                          read_masks=has_subject_token(model), **{"shuffle_buffer": 1000, **d.shards})
         return ds, ds.classes
     path, split = split_source(source)
     if not path.endswith(MANIFEST_SUFFIXES):
@@ -107,13 +108,8 @@ def _build(cfg: TrainConfig, source: str, role: str, transform: Any, model: Any)
         if len(manifest) == 0:
             raise ConfigError(f"data.{role}: manifest {path} has no rows with split '{split}'")
     ds = ManifestDataset(manifest, transform, classes=d.classes, video_sampler=_video_sampler(cfg, role),
-                         read_masks=uses_masks(model))
+                         read_masks=has_subject_token(model))  # only that tower reads masks
     return ds, list(ds.classes) if getattr(ds, "classes", None) else d.classes
-
-
-def uses_masks(model) -> bool:
-    """Only a subject-token image tower reads the subject masks a manifest may carry."""
-    return bool(model.config.get("vision_cfg", {}).get("subject_token"))
 
 
 def _video_sampler(cfg: TrainConfig, role: str) -> Any:

@@ -88,9 +88,10 @@ def encode_dataset(model: nn.Module, tokenizer, dataset: Dataset, caption_field:
     """Frame features [N,T,D] (+ padding mask), normalised caption features [N,D] and labels of every readable
     sample of a video dataset, in index order; unreadable samples are listed under "errors", never substituted."""
     from affectclip.data.datasets import collate
+    from affectclip.eval.features import has_subject_token
     from affectclip.train.tasks import caption_text
 
-    use_mask = bool(model.config.get("vision_cfg", {}).get("subject_token"))
+    use_mask = has_subject_token(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
     frames, pads, texts, labels, ids, captions, errors = [], [], [], [], [], [], []
     extra: dict[str, list[torch.Tensor]] = {k: [] for k in OPTIONAL_KEYS}

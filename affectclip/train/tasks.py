@@ -20,8 +20,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from affectclip.eval.features import has_subject_token
 from affectclip.train.config import ConfigError, TrainConfig
-from affectclip.train.data import uses_masks
 from affectclip.train.distributed import DistInfo
 
 
@@ -60,7 +60,7 @@ class Task(nn.Module):
     def __init__(self, cfg: TrainConfig, model: nn.Module, tokenizer, info: DistInfo) -> None:
         super().__init__()
         self.cfg, self.tokenizer, self.info = cfg, tokenizer, info
-        self.use_mask = uses_masks(model)
+        self.use_mask = has_subject_token(model)
 
     def prepare(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         inputs: dict[str, Any] = {"index": list(_as_list(batch["index"])), "ids": list(batch.get("id", batch["index"]))}
