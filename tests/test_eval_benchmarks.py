@@ -8,6 +8,7 @@ import json
 import numpy as np
 import pytest
 
+from affectclip.data.manifest import read_manifest
 from affectclip.eval.benchmarks import BENCHMARKS, get_benchmark, list_benchmarks
 from affectclip.eval.prompts import CANONICAL
 
@@ -236,6 +237,17 @@ def test_manifest_export(tmp_path):
         and rows[0]["targets"]["valence"] == 5.0
         and "label" not in rows[0]
     )
+
+
+def test_manifest_from_a_relative_root_resolves_from_anywhere(tmp_path, monkeypatch):
+    """`eval run --root ../data --output elsewhere/`: the manifest (written under --output) must not keep the root
+    relative to the working directory, or no file of the split is found."""
+    split, fold, _, first = ferplus(False)(tmp_path / "data")
+    monkeypatch.chdir(tmp_path)
+    out = get_benchmark("ferplus").to_manifest("data", split, tmp_path / "results" / "manifests" / "m.jsonl", fold)
+    monkeypatch.chdir(tmp_path / "results")
+    manifest = read_manifest(out, check_files=False)
+    assert manifest.resolve(manifest.records[0]["path"]) == (tmp_path / "data" / first).resolve()
 
 
 def test_ferplus_real_counts_match_reference(ferplus_dir):

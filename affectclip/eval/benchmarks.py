@@ -68,9 +68,10 @@ class Benchmark:
         """Write the items as an affectclip manifest (absolute paths, native integer labels)."""
         from affectclip.data.manifest import write_manifest
 
+        root = Path(root).resolve()  # the manifest lives elsewhere (--output): a relative root would not resolve
         rows = []
         for it in self.items(root, split, fold):
-            row: dict[str, Any] = {"path": str(Path(root) / it.path), "split": it.split, "id": it.path}
+            row: dict[str, Any] = {"path": str(root / it.path), "split": it.split, "id": it.path}
             if it.label >= 0:
                 row["label"] = it.label
             if it.fold is not None:
