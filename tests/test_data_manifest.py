@@ -117,6 +117,11 @@ def test_data_check_command_exit_codes(tmp_path, capsys):
     assert main(["data", "check", str(bad)]) == 1
     assert "row 1, path: file not found" in capsys.readouterr().out
     assert main(["data", "check", str(tmp_path / "absent.jsonl")]) == 2
+    (tmp_path / "corrupt.png").write_bytes(b"not a png")
+    corrupt = tmp_path / "corrupt.jsonl"
+    corrupt.write_text(json.dumps({"path": "corrupt.png", "label": "x"}) + "\n")
+    assert main(["data", "check", str(corrupt)]) == 1
+    assert "row 1, path: cannot read this image" in capsys.readouterr().out
 
 
 def test_unsupported_format_is_a_clear_error(tmp_path):

@@ -51,3 +51,27 @@ def test_ferplus_pipeline_end_to_end(ferplus_dir, tmp_path):
     summary = json.loads((run / "run_summary.json").read_text())
     assert summary["steps"] == 2 and summary["bad_samples"] == 0
     assert summary["validation"][-1]["n_samples"] == 64
+
+
+def test_an_unreadable_face_is_skipped_counted_once_and_named(ferplus_dir, tmp_path, capsys):
+    """Two epochs over real faces with one corrupt file: training goes on; the summary names the file once and
+    counts how often it was drawn."""
+    full = tmp_path / "ferplus.jsonl"
+    assert main(["data", "ferplus", str(ferplus_dir), str(full)]) == 0
+    manifest = read_manifest(full)
+    rows = [r for r in manifest.records if r["split"] == "train"][:64]
+    for r in rows:
+        r["path"] = str(manifest.resolve(r["path"]))
+    (tmp_path / "broken.png").write_bytes(b"garbage")
+    rows[5]["path"] = str(tmp_path / "broken.png")
+    small = write_manifest(rows, tmp_path / "small.jsonl")
+    run = tmp_path / "run"
+    rc = main(["train", "demo", f"data.train={small}", "data.val=null", f"data.classes={FERPLUS_CLASSES}",
+               "data.caption_field=caption", "data.batch_size=32", "run.epochs=2", "run.progress=false",
+               "--output", str(run)])
+    assert rc == 0
+    summary = json.loads((run / "run_summary.json").read_text())
+    assert summary["steps"] == 4 and summary["bad_samples"] == 1 and summary["bad_reads"] == 2
+    (bad,) = summary["bad_sample_list"]
+    assert bad["path"].endswith("broken.png") and bad["reads"] == 2
+    assert "1 samples could not be read (2 failed reads over the run)" in capsys.readouterr().out

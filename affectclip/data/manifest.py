@@ -346,12 +346,13 @@ def _image_size(path: Path) -> tuple[int, int] | None:
     try:
         with Image.open(path) as im:
             return im.size
-    except Exception:  # unreadable images are reported by the dataset when decoded
+    except Exception:  # any reader failure means "not a readable image"; the caller reports it
         return None
 
 
 def find_file_problems(records: list[dict[str, Any]], root: Path) -> list[Problem]:
-    """Missing data/mask files, and masks whose size differs from their image (checked for image rows only)."""
+    """Missing data/mask files, image files whose header no image reader accepts (corrupt or not an image), and masks
+    whose size differs from their image (image rows only; only headers are read, videos are not probed)."""
     problems = []
     for rec in records:
         row = rec["_row"]
@@ -360,14 +361,19 @@ def find_file_problems(records: list[dict[str, Any]], root: Path) -> list[Proble
         if not p.exists():
             problems.append(Problem(row, "path", f"file not found: {p}", "file"))
             continue
+        size = _image_size(p) if path_kind(p) == "image" else None
+        if path_kind(p) == "image" and size is None:
+            problems.append(Problem(row, "path", f"cannot read this image: {p}; replace the file or drop the row",
+                                    "file"))
+            continue
         if "mask" in rec:
             m = Path(rec["mask"]).expanduser()
             m = m if m.is_absolute() else root / m
             if not m.is_file():
                 problems.append(Problem(row, "mask", f"mask file not found: {m}", "file"))
-            elif path_kind(p) == "image":
-                size, msize = _image_size(p), _image_size(m)
-                if size and msize and size != msize:
+            elif size is not None:
+                msize = _image_size(m)
+                if msize and size != msize:
                     problems.append(Problem(row, "mask", f"mask size {msize} differs from image size {size}", "file"))
     return problems
 

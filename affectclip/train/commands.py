@@ -74,7 +74,8 @@ def _train(args: argparse.Namespace) -> int:
         last = summary["validation"][-1]
         print(f"validation (zero-shot): WAR {last['war']:.2f}  UAR {last['uar']:.2f}  N {last['n_samples']}")
     if summary["bad_samples"]:
-        print(f"{summary['bad_samples']} samples could not be read and were skipped; see {args.output}/run_summary.json")
+        print(f"{summary['bad_samples']} samples could not be read ({summary['bad_reads']} failed reads over the run) "
+              f"and were skipped; see {args.output}/run_summary.json")
     return 0
 
 

@@ -499,12 +499,16 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
             progress.close()
         logger.close()
 
+    bad: dict[tuple[Any, Any], dict[str, Any]] = {}  # one entry per unreadable sample, however often it was drawn
+    for e in errors:
+        bad.setdefault((e.get("path"), e.get("index")), {**e, "reads": 0})["reads"] += 1
     summary = {
         "method": cfg.method, "steps": step, "epochs": cfg.run.epochs, "world_size": info.world_size,
         "device": str(device), "seconds": time.time() - t_start,
         "samples_per_s": samples_seen / max(time.time() - t_start, 1e-9),
         "final": {k: v for k, v in history[-1].items()} if history else {},
-        "validation": val_results, "bad_samples": len(errors), "bad_sample_list": errors[:1000],
+        "validation": val_results, "bad_samples": len(bad), "bad_reads": len(errors),
+        "bad_sample_list": list(bad.values())[:1000],
         "truncated_texts": int(getattr(tokenizer, "truncated", 0)),
     }
     if out is not None and info.is_main:
