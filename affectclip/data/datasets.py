@@ -154,6 +154,10 @@ class ManifestDataset(torch.utils.data.Dataset):
             clip = self.transform.transform_clip(frames)
         return {"video": clip, "padding_mask": torch.zeros(len(clip), dtype=torch.bool)}
 
+    def sample_fields(self, index: int) -> dict[str, Any]:
+        """The non-pixel part of sample `index` (label, caption, ids, targets) without decoding its file."""
+        return record_fields(self.manifest.records[index], self.labels[index], index, self.target_names)
+
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.manifest.records[index]
         path = self.manifest.resolve(rec["path"])
@@ -167,7 +171,7 @@ class ManifestDataset(torch.utils.data.Dataset):
                 sample = self._video(path, rec, index)
         except DECODE_ERRORS as exc:
             return {"error": f"{type(exc).__name__}: {exc}", "index": index, "path": str(path)}
-        sample.update(record_fields(rec, self.labels[index], index, self.target_names))
+        sample.update(self.sample_fields(index))
         return sample
 
 

@@ -6,7 +6,8 @@
 * eval, ``resize_mode="shortest"``: resize the short side to S, centre crop S×S (torchvision's Resize + CenterCrop
   arithmetic, as open_clip preprocesses); ``"squash"``: resize straight to S×S (Exp-CLIP protocol, no crop).
 * train: random resized crop (scale, ratio) -> optional rotation -> horizontal flip -> brightness/contrast jitter
-  -> random grayscale; every option defaults to off except the crop (scale 0.8-1.0). ``grayscale=1`` converts
+  -> random grayscale; every option defaults to off except the crop (scale 0.8-1.0). `data/batch_augment.py`
+  applies the same train operations to whole uint8 batches on the training device. ``grayscale=1`` converts
   every image, in eval as well: the setting for a model trained only on grey faces (config `preprocess.grayscale`).
 
 Augmentation parameters are sampled by `sample_params` and applied by `apply`, so a video clip can share one set of
@@ -124,6 +125,7 @@ class ImageTransform:
         brightness: float = 0.0,
         contrast: float = 0.0,
         grayscale: float = 0.0,
+        consistent_clips: bool = True,
         generator: torch.Generator | None = None,
     ) -> None:
         if image_size <= 0:
@@ -150,7 +152,7 @@ class ImageTransform:
         self.scale, self.ratio = tuple(scale), tuple(ratio)
         self.hflip, self.rotation, self.grayscale = float(hflip), float(rotation), float(grayscale)
         self.brightness, self.contrast = float(brightness), float(contrast)
-        self.generator = generator
+        self.consistent_clips, self.generator = bool(consistent_clips), generator
 
     def __repr__(self) -> str:
         aug = (f", scale={self.scale}, hflip={self.hflip}, rotation={self.rotation}, brightness={self.brightness}, "
@@ -189,6 +191,10 @@ class ImageTransform:
                 top = int(torch.randint(0, height - h + 1, (), generator=g))
                 left = int(torch.randint(0, width - w + 1, (), generator=g))
                 return top, left, h, w
+        return self.fallback_crop(height, width)
+
+    def fallback_crop(self, height: int, width: int) -> tuple[int, int, int, int]:
+        """RandomResizedCrop's box when no random try fits: the centre crop closest to the allowed aspect ratios."""
         in_ratio = width / height
         if in_ratio < self.ratio[0]:
             w, h = width, int(round(width / self.ratio[0]))
@@ -260,12 +266,15 @@ class ImageTransform:
                              "a mask must be drawn on the frame it belongs to")
         return x, self._geometry(m, params, is_mask=True)[0]
 
-    def transform_clip(self, frames: Sequence[Any], consistent: bool = True, masks: Sequence[Any] | None = None) -> Any:
+    def transform_clip(self, frames: Sequence[Any], consistent: bool | None = None,
+                       masks: Sequence[Any] | None = None) -> Any:
         """Frames (a sequence, or a [T,H,W,C] array) -> [T,3,S,S] (+ masks [T,S,S]).
 
         ``consistent=True`` shares one parameter draw across the clip (a face does not jump between frames);
-        ``False`` draws per frame, as EmotionCLIP's released loader does.
+        ``False`` draws per frame, as EmotionCLIP's released loader does; None = the transform's `consistent_clips`
+        (config `data.consistent_clip_augment`).
         """
+        consistent = self.consistent_clips if consistent is None else consistent
         if len(frames) == 0:
             raise ValueError("transform_clip got an empty clip")
         if masks is not None and len(masks) != len(frames):

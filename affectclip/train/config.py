@@ -50,6 +50,11 @@ class DataConfig:
     video_frames: int = 0  # >0: train on clips of this many frames
     video_sampler: dict[str, Any] = field(default_factory=dict)  # {name: window|uniform|fps|random_subset, ...}
     consistent_clip_augment: bool = True  # False = EmotionCLIP's independent per-frame crops (faithful)
+    # augment whole uint8 batches on the training device (data/batch_augment.py) instead of each sample in the
+    # DataLoader: same operations and distribution; the dataset only decodes and stages images at stage_size
+    batch_augment: bool = False
+    stage_size: int | None = None  # batch_augment staging size (default: the model's input size)
+    cache_images: bool = False  # batch_augment: keep staged images in (shared) memory, decode each file once per run
     synthetic: dict[str, Any] = field(default_factory=lambda: {"n_train": 2048, "n_val": 512, "image_size": 64, "seed": 0})
     # tar shards: shuffle_buffer (samples held undecoded for shuffling; default 1000), resampled (draw shards with
     # replacement: every rank/worker streams forever, so no rank runs dry; default false), epoch_samples (nominal

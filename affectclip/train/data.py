@@ -42,12 +42,18 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
         raise ConfigError("data.train is not set: pass data.train=PATH.jsonl[:split] (a manifest, see "
                           "`affectclip data check`), shards (*.tar) or 'synthetic'")
     image_size = cfg.data.image_size or model.config["vision_cfg"]["image_size"]
-    train_tf = create_transforms(model, train=True, **cfg.data.augment)
+    train_tf = train_transform(cfg, model)
     eval_tf = create_transforms(model, train=False)
     if image_size != model.config["vision_cfg"]["image_size"]:
         raise ConfigError(f"data.image_size={image_size} differs from the model's input size "
                           f"{model.config['vision_cfg']['image_size']}; leave data.image_size unset")
+    if cfg.data.batch_augment:  # the dataset only stages images; the task augments the batch (build_batch_augment)
+        from affectclip.data.batch_augment import stage_for
+
+        train_tf = stage_for(train_tf, cfg.data.stage_size)
     train_ds, classes = _build(cfg, cfg.data.train, "train", train_tf, model)
+    if cfg.data.cache_images:
+        train_ds = _cached(cfg, train_ds, train_tf, model)
     val_ds = None
     if cfg.data.val:
         val_ds, val_classes = _build(cfg, cfg.data.val, "val", eval_tf, model)
@@ -57,6 +63,45 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
     if val_ds is not None and not classes:
         raise ConfigError("data.val is set but the class names are unknown; list them in data.classes")
     return train_ds, val_ds, list(classes or [])
+
+
+def train_transform(cfg: TrainConfig, model: Any) -> Any:
+    """The per-sample train `ImageTransform` of `data.augment` (and `data.consistent_clip_augment` for clips)."""
+    from affectclip.models.factory import create_transforms
+
+    d = cfg.data
+    if d.stage_size is not None and d.stage_size <= 0:
+        raise ConfigError(f"data.stage_size must be a positive number of pixels, got {d.stage_size}")
+    if (d.stage_size is not None or d.cache_images) and not d.batch_augment:
+        raise ConfigError("data.stage_size and data.cache_images belong to batch augmentation; set "
+                          "data.batch_augment=true (or remove them)")
+    try:
+        return create_transforms(model, train=True, **{**d.augment, "consistent_clips": d.consistent_clip_augment})
+    except TypeError as exc:
+        raise ConfigError(f"data.augment: {exc}; allowed keys: scale, ratio, hflip, rotation, brightness, contrast, "
+                          "grayscale") from exc
+
+
+def build_batch_augment(cfg: TrainConfig, model: Any) -> Any:
+    """The `BatchAugment` the training task applies to each staged batch, or None (per-sample augmentation)."""
+    if not cfg.data.batch_augment:
+        return None
+    from affectclip.data.batch_augment import BatchAugment
+
+    return BatchAugment(train_transform(cfg, model))
+
+
+def _cached(cfg: TrainConfig, dataset: Dataset, staged: Any, model: Any) -> Dataset:
+    from affectclip.data.image_cache import StagedImageCache
+
+    if not hasattr(dataset, "sample_fields"):
+        raise ConfigError(f"data.cache_images needs a manifest as data.train (got '{cfg.data.train}'); shards and "
+                          "synthetic data are decoded as they stream")
+    try:
+        return StagedImageCache(dataset, staged.stage_size, masks=has_subject_token(model),
+                                shared=cfg.data.num_workers > 0)
+    except MemoryError as exc:
+        raise ConfigError(str(exc)) from exc
 
 
 def _build(cfg: TrainConfig, source: str, role: str, transform: Any, model: Any) -> tuple[Dataset, list[str] | None]:

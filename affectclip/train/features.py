@@ -20,6 +20,7 @@ temporal head, SHA-256 of the frozen tower weights, caption field) differs from 
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -162,7 +163,10 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
             raise ConfigError(f"data.{role}={source} is already a feature cache; point it at the data to encode")
     device = _resolve_device(cfg.run.device)
     model = build_frozen_model(cfg, device)
-    train_ds, val_ds, classes = build_datasets(cfg, model)
+    # the cache holds one augmentation draw per sample either way; the per-sample transforms draw it from the same
+    # distribution as batch augmentation, without staging
+    per_sample = dataclasses.replace(cfg.data, batch_augment=False, stage_size=None, cache_images=False)
+    train_ds, val_ds, classes = build_datasets(dataclasses.replace(cfg, data=per_sample), model)
     tokenizer = get_tokenizer(model)
     index: dict[str, Any] = {
         "format": FORMAT_VERSION, "key": model_key(cfg, model), "classes": classes,

@@ -59,8 +59,11 @@ class Task(nn.Module):
 
     def __init__(self, cfg: TrainConfig, model: nn.Module, tokenizer, info: DistInfo) -> None:
         super().__init__()
+        from affectclip.train.data import build_batch_augment
+
         self.cfg, self.tokenizer, self.info = cfg, tokenizer, info
         self.use_mask = has_subject_token(model)
+        self.batch_augment = build_batch_augment(cfg, model)  # None: samples arrive augmented from the DataLoader
 
     def prepare(self, batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
         inputs: dict[str, Any] = {"index": list(_as_list(batch["index"])), "ids": list(batch.get("id", batch["index"]))}
@@ -82,13 +85,18 @@ class Task(nn.Module):
             raise ValueError("batch has neither 'image', 'video' nor 'frame_features'; check the dataset returns "
                              "sample dicts")
         inputs["visual"] = batch[visual_key].to(device, non_blocking=True)
-        if self.cfg.run.channels_last and inputs["visual"].ndim == 4:
-            inputs["visual"] = inputs["visual"].contiguous(memory_format=torch.channels_last)
         if self.use_mask:
             if "mask" not in batch:
                 raise ValueError("this model has a subject token but the batch carries no subject `mask`; add masks "
                                  "to the data or set model.overrides.vision_cfg.subject_token=false")
             inputs["mask"] = batch["mask"].to(device)
+        if self.batch_augment is not None:  # staged uint8 pixels: augment the whole batch here, on its device
+            if self.use_mask:
+                inputs["visual"], inputs["mask"] = self.batch_augment(inputs["visual"], inputs["mask"])
+            else:
+                inputs["visual"] = self.batch_augment(inputs["visual"])
+        if self.cfg.run.channels_last and inputs["visual"].ndim == 4:
+            inputs["visual"] = inputs["visual"].contiguous(memory_format=torch.channels_last)
 
     def encode_visual(self, model: nn.Module, inputs: dict[str, Any]) -> torch.Tensor:
         if "frame_features" in inputs:  # the rest of encode_video after its frozen frame encoder, same math
