@@ -1,6 +1,7 @@
 """Training-step speed: model-only step vs the full loop (data included), eager fp32 vs the fast path.
 
-    python benchmarks/train_step.py [--configs tiny-vit-wordpiece ViT-B-32] [--batch 32] [--steps 20] [--workers 1] [--device cpu]
+    python benchmarks/train_step.py [--configs tiny-vit-wordpiece ViT-B-32] [--batch 32] [--steps 20] [--workers 1]
+                                    [--repeats 3] [--device cpu]
 
 (ViT-B-32's CLIP tokenizer needs the BPE merges file: set AFFECTCLIP_BPE_PATH, see models/tokenizer.py.)
 
@@ -16,7 +17,8 @@ For each config, in a fresh subprocess (so peak memory is per configuration):
   - `loop`: per-sample augmentation in `--workers` DataLoader processes (`data.batch_augment=false`, the default);
   - `loop-batch`: `data.batch_augment=true`, the DataLoader only decodes, the batch is augmented in the loop;
   - `loop-cached`: plus `data.cache_images=true`, measured in epoch 2 (every file was decoded once in epoch 1).
-Prints a table and writes JSON (default benchmarks/results/train_step.json).
+Every mode runs `--repeats` times, interleaved with the others; the table shows the median run (this 2-core machine
+drifts by ~10 % between runs). Prints a table and writes JSON (default benchmarks/results/train_step.json).
 
 MFU (GPU runs): achieved FLOP/s / peak. Training FLOPs per sample = 3 x forward FLOPs (backward ~ 2 x forward), with
 forward FLOPs of a ViT/text transformer = sum over layers of 2 x tokens x (12 x width^2) + 2 x 2 x tokens^2 x width
@@ -169,6 +171,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--workers", type=int, default=1, help="DataLoader worker processes of the full loop")
     ap.add_argument("--compile", action="store_true")
+    ap.add_argument("--repeats", type=int, default=3, help="runs per mode (interleaved); the median is reported")
     modes = ["fp32", "fast", *LOOP_VARIANTS]
     ap.add_argument("--modes", nargs="+", default=modes, choices=modes,
                     help="which measurements to run (fp32 is the baseline of the ratios and always runs)")
@@ -182,18 +185,23 @@ def main() -> None:
     rows = []
     for config in args.configs:
         steps = args.steps if config.startswith("tiny") else max(2, args.steps // 8)
-        row = {"config": config, "batch": args.batch, "device": args.device}
-        for mode in dict.fromkeys(["fp32", *args.modes]):
-            cmd = [sys.executable, __file__, "--one", config, "--mode", mode, "--batch", str(args.batch),
-                   "--steps", str(steps), "--device", args.device, "--threads", str(args.threads),
-                   "--workers", str(args.workers)]
-            if args.compile:
-                cmd.append("--compile")
-            out = subprocess.run(cmd, capture_output=True, text=True)
-            line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
-            if not line:
-                raise SystemExit(f"{config} {mode} failed:\n{out.stderr[-2000:]}")
-            row[mode] = json.loads(line[0][7:])
+        row = {"config": config, "batch": args.batch, "device": args.device, "repeats": args.repeats}
+        runs: dict[str, list[dict]] = {}
+        for _ in range(args.repeats):  # interleaved, so a slow spell of the machine hits every mode alike
+            for mode in dict.fromkeys(["fp32", *args.modes]):
+                cmd = [sys.executable, __file__, "--one", config, "--mode", mode, "--batch", str(args.batch),
+                       "--steps", str(steps), "--device", args.device, "--threads", str(args.threads),
+                       "--workers", str(args.workers)]
+                if args.compile:
+                    cmd.append("--compile")
+                out = subprocess.run(cmd, capture_output=True, text=True)
+                line = [ln for ln in out.stdout.splitlines() if ln.startswith("RESULT ")]
+                if not line:
+                    raise SystemExit(f"{config} {mode} failed:\n{out.stderr[-2000:]}")
+                runs.setdefault(mode, []).append(json.loads(line[0][7:]))
+        for mode, results in runs.items():  # the median run by rate, with every repeat's rate beside it
+            results.sort(key=lambda r: r["samples_per_s"])
+            row[mode] = {**results[len(results) // 2], "all_samples_per_s": [r["samples_per_s"] for r in results]}
         for mode in ("fast", *LOOP_VARIANTS):
             if mode in row:
                 row[f"{mode}_vs_fp32"] = row[mode]["samples_per_s"] / row["fp32"]["samples_per_s"]

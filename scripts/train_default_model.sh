@@ -4,7 +4,7 @@
 #   scripts/train_default_model.sh [FERPLUS_DIR]      (default ../shared/data/ferplus)
 #
 # Steps: FER+ manifest with varied vote-distribution captions -> `affectclip train ferplus` (seed 0, CPU, 2
-# threads; 10 epochs at 64 px, about 35 min on a 2-core machine) -> export the final weights without the frozen MiniLM and the
+# threads; 10 epochs at 80 px, about 45 min on a 2-core machine) -> export the final weights without the frozen MiniLM and the
 # unused ImageNet classifier (both rebuilt from their installed packages), ~11 MB -> FER+ valid benchmark.
 # Bit-identical weights need the same torch build and thread count; other machines reproduce them up to float
 # round-off. Never commit the run folder or the FER2013 images.
