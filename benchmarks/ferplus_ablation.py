@@ -6,7 +6,8 @@ projection, the text projection and the logit scale train (LiT-style), for a fix
 MiniLM sentence embeddings of every distinct caption are cached too, except in the "MiniLM tuned" row, where MiniLM
 trains end to end on the captions of each batch. Absolute numbers are far below a fine-tuned backbone's; the table
 compares losses/towers under equal budgets. Metric: zero-shot WAR/UAR on FER+ valid (8 classes, majority labels),
-prompt set `expclip5`.
+prompt set `expclip5`; and the open-vocabulary gap of `ferplus_eval.py` (canonical-adjective UAR minus the mean UAR
+of the three unseen-synonym sets).
 
 Rows: plain InfoNCE (hard diagonal) | + soft targets (identical captions are shared positives) | + label positives
 (same majority label = positive) | + sentiment guidance (EmotionCLIP reweighting with the vote distribution as q)
@@ -28,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from ferplus_eval import HEADLINE, dataset, ferplus_split  # noqa: E402
+from ferplus_eval import HEADLINE, caption_words, dataset, ferplus_split, synonym_study  # noqa: E402
 
 from affectclip.data.ferplus import FERPLUS_CLASSES  # noqa: E402
 
@@ -63,8 +64,9 @@ def backbone_features(model, ds, batch_size: int) -> tuple[torch.Tensor, list[di
 
 
 def train_variant(model, feats, meta, loss_name: str, tune_text: bool, steps: int, batch_size: int, lr: float,
-                  seed: int) -> dict[str, float]:
-    """Train the projections (and MiniLM when tune_text) on cached image features; seconds and final loss."""
+                  seed: int, text_lr: float) -> dict[str, float]:
+    """Train the projections (and MiniLM when tune_text, at its own `text_lr`: a pretrained BERT collapses at the
+    projections' rate) on cached image features; seconds and final loss."""
     from affectclip.losses.contrastive import ClipLoss, identity_targets
     from affectclip.losses.sentiment import SentimentGuidedClipLoss
     from affectclip.models.factory import get_tokenizer
@@ -76,10 +78,10 @@ def train_variant(model, feats, meta, loss_name: str, tune_text: bool, steps: in
     text.bert.requires_grad_(tune_text)
     text.trainable = tune_text
     text.train(True)
-    params = [*model.visual.proj.parameters(), *text.proj.parameters(), model.logit_scale]
+    groups = [{"params": [*model.visual.proj.parameters(), *text.proj.parameters(), model.logit_scale], "base_lr": lr}]
     if tune_text:
-        params += list(text.bert.parameters())
-    opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.05)
+        groups.append({"params": list(text.bert.parameters()), "base_lr": text_lr})
+    opt = torch.optim.AdamW(groups, lr=lr, weight_decay=0.05)
     captions = [m["caption"] for m in meta]
     cache: dict[str, torch.Tensor] = {}
     if not tune_text:
@@ -96,7 +98,7 @@ def train_variant(model, feats, meta, loss_name: str, tune_text: bool, steps: in
     t0, loss = time.time(), torch.tensor(0.0)
     for step in range(steps):
         for grp in opt.param_groups:
-            grp["lr"] = lr * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / steps)).item())
+            grp["lr"] = grp["base_lr"] * 0.5 * (1 + torch.cos(torch.tensor(torch.pi * step / steps)).item())
         idx = torch.randperm(len(meta), generator=g)[:batch_size]
         img = model.visual.proj(feats[idx])
         batch_caps = [captions[i] for i in idx.tolist()]
@@ -125,7 +127,8 @@ def train_variant(model, feats, meta, loss_name: str, tune_text: bool, steps: in
 
 
 @torch.no_grad()
-def zero_shot(model, valid_feats: torch.Tensor, valid_labels: list[int]) -> dict[str, Any]:
+def zero_shot(model, valid_feats: torch.Tensor, valid_labels: list[int], seen: set[str]) -> dict[str, Any]:
+    """Headline zero-shot WAR/UAR, and the open-vocabulary gap: canonical adjectives vs unseen synonyms (UAR)."""
     from affectclip.eval.features import FeatureSet
     from affectclip.eval.prompts import build_prompts
     from affectclip.eval.zeroshot import evaluate_zero_shot
@@ -136,7 +139,10 @@ def zero_shot(model, valid_feats: torch.Tensor, valid_labels: list[int]) -> dict
     fs = FeatureSet(features=f, labels=torch.tensor(valid_labels).numpy(), indices=torch.arange(len(f)).numpy())
     r = evaluate_zero_shot(model, get_tokenizer(model), None, FERPLUS_CLASSES,
                            build_prompts(FERPLUS_CLASSES, HEADLINE), features=fs)
-    return {k: r["metrics"][k] for k in ("war", "uar", "per_class_recall")}
+    syn = synonym_study(model, get_tokenizer(model), fs, seen)
+    return {**{k: r["metrics"][k] for k in ("war", "uar", "per_class_recall")},
+            "canonical_uar": syn["canonical"]["uar"], "mean_synonym_uar": syn["mean_synonym_uar"],
+            "synonym_gap": syn["canonical"]["uar"] - syn["mean_synonym_uar"]}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -146,10 +152,11 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--manifest", default="runs/ferplus/ferplus.jsonl")
     ap.add_argument("--train-subset", type=int, default=6000, help="seeded subset of FER+ train")
     ap.add_argument("--steps", type=int, default=400)
-    ap.add_argument("--short-steps", type=int, default=40, help="steps of the MiniLM frozen-vs-tuned rows")
+    ap.add_argument("--short-steps", type=int, default=100, help="steps of the MiniLM frozen-vs-tuned rows")
     ap.add_argument("--short-batch-size", type=int, default=64)
     ap.add_argument("--batch-size", type=int, default=128)
     ap.add_argument("--lr", type=float, default=1e-3)
+    ap.add_argument("--text-lr", type=float, default=2e-5, help="MiniLM's own learning rate in the tuned row")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--only", nargs="*", default=None, help="row names to run (default all)")
     ap.add_argument("--cache-dir", default="runs/ferplus/ablation_cache", help="backbone feature cache ('' = none)")
@@ -157,6 +164,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     train_m = ferplus_split(args.manifest, "train", args.train_subset, args.seed)
     valid_m = ferplus_split(args.manifest, "valid")
+    seen = caption_words(args.manifest)
     cached: dict[str, Any] = {}
     rows = []
     for name, backbone, loss_name, tune, short in VARIANTS:
@@ -179,15 +187,16 @@ def main(argv: list[str] | None = None) -> int:
                 torch.save(cached[backbone], cache_file)
         (tr_f, tr_meta), (va_f, va_meta) = cached[backbone]
         steps, bs = (args.short_steps, args.short_batch_size) if short else (args.steps, args.batch_size)
-        info = train_variant(model, tr_f, tr_meta, loss_name, tune, steps, bs, args.lr, args.seed)
-        res = zero_shot(model, va_f, [m["label"] for m in va_meta])
+        info = train_variant(model, tr_f, tr_meta, loss_name, tune, steps, bs, args.lr, args.seed, args.text_lr)
+        res = zero_shot(model, va_f, [m["label"] for m in va_meta], seen)
         rows.append({"name": name, "backbone": backbone, "loss": loss_name, "minilm": "tuned" if tune else "frozen",
                      "steps": steps, "batch_size": bs, **info, **res})
-        print(f"{name:36s} steps {steps:4d}  WAR {res['war']:6.2f}  UAR {res['uar']:6.2f}  ({info['seconds']:.0f} s)",
-              flush=True)
+        print(f"{name:36s} steps {steps:4d}  WAR {res['war']:6.2f}  UAR {res['uar']:6.2f}  synonym gap "
+              f"{res['synonym_gap']:5.1f}  ({info['seconds']:.0f} s)", flush=True)
         del model
     out = {"regime": "frozen ImageNet backbone, cached 48 px features; projections (+MiniLM when tuned) trained",
-           "train_subset": args.train_subset, "batch_size": args.batch_size, "lr": args.lr, "seed": args.seed,
+           "train_subset": args.train_subset, "batch_size": args.batch_size, "lr": args.lr, "text_lr": args.text_lr,
+           "seed": args.seed,
            "prompts": HEADLINE, "rows": rows}
     if args.out:
         Path(args.out).parent.mkdir(parents=True, exist_ok=True)

@@ -407,8 +407,9 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
                         collate_fn=make_collate(), drop_last=True, pin_memory=device.type == "cuda",
                         # own generator: creating an iterator must not consume the global RNG, or a resumed run's
-                        # augmentation would drift from the uninterrupted run's
-                        generator=torch.Generator().manual_seed(cfg.run.seed))
+                        # augmentation would drift from the uninterrupted run's; per rank, so DataLoader workers of
+                        # different ranks draw different augmentations
+                        generator=torch.Generator().manual_seed(cfg.run.seed + info.rank))
 
     groups = param_groups(model, task, cfg)
     optimizer = build_optimizer(groups, cfg, device)
