@@ -173,7 +173,7 @@ def test_mid_epoch_resume_replays_the_batch_augmentation(tmp_path, manifest):
     shutil.copytree(full, resumed)
     ckpt = resumed / "checkpoints" / "step_00000006"  # epoch 2 of 2, after 2 of its 4 batches
     state = json.loads((ckpt / "state.json").read_text())
-    assert state == {"step": 6, "epoch": 1, "batch": 2}
+    assert state == {"step": 6, "epoch": 1, "batch": 2, "best": None}  # no validation split: no best model
     (resumed / "latest.json").write_text(json.dumps({**state, "dir": "checkpoints/step_00000006"}))
     (resumed / "log.jsonl").write_text("")
     train(load_config("demo", overrides), resumed, resume=True)

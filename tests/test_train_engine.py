@@ -105,6 +105,25 @@ def test_run_folder_protection(tmp_path):
     assert (other / "notes.txt").read_text() == "mine"
 
 
+def test_resume_extends_a_finished_run_and_keeps_its_best_model(tmp_path, capsys):
+    """--resume with a larger run.epochs continues the run; best.safetensors is only replaced by a better model."""
+    with_val = [*TINY, "data.val=synthetic", "data.synthetic={n_train: 96, n_val: 32, image_size: 64, seed: 0}"]
+    run = tmp_path / "run"
+    train(load_config("demo", [*with_val, "run.epochs=1"]), run)
+    best_before = (run / "best.safetensors").read_bytes()
+    latest = json.loads((run / "latest.json").read_text())
+    assert latest["epoch"] == 1 and latest["best"] is not None
+    # pretend epoch 1 scored higher than any UAR can: a resumed run must not overwrite that best model
+    (run / "latest.json").write_text(json.dumps({**latest, "best": 101.0}))
+    summary = train(load_config("demo", [*with_val, "run.epochs=2"]), run, resume=True)
+    assert "extending the run" in capsys.readouterr().out
+    assert summary["steps"] == 12 and sorted(_losses(run)) == list(range(1, 13))
+    assert "epochs: 2" in (run / "config.yaml").read_text()
+    assert (run / "best.safetensors").read_bytes() == best_before
+    with pytest.raises(ConfigError, match="not shorten"):
+        train(load_config("demo", [*with_val, "run.epochs=1"]), run, resume=True)
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="checks the message shown when no GPU exists")
 def test_asking_for_a_missing_gpu_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigError, match="no CUDA device is visible here; use run.device=cpu"):

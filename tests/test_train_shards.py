@@ -80,7 +80,7 @@ def test_mid_epoch_resume_from_shards_equals_the_uninterrupted_run(shard_dir, tm
     resumed = tmp_path / "resumed"
     shutil.copytree(full, resumed)
     state = json.loads((resumed / "checkpoints" / "step_00000008" / "state.json").read_text())
-    assert state == {"step": 8, "epoch": 1, "batch": 3}
+    assert state == {"step": 8, "epoch": 1, "batch": 3, "best": None}  # no validation split: no best model
     (resumed / "latest.json").write_text(json.dumps({**state, "dir": "checkpoints/step_00000008"}))
     for later in ("step_00000010",):
         shutil.rmtree(resumed / "checkpoints" / later)

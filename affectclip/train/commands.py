@@ -15,7 +15,9 @@ def register(sub: argparse._SubParsersAction) -> None:
     p.add_argument("config", help="recipe name (see `affectclip recipes`) or a YAML file")
     p.add_argument("overrides", nargs="*", help="section.key=value, e.g. run.epochs=3 data.train=my.jsonl:train")
     p.add_argument("--output", "-o", required=True, help="run folder (checkpoints, logs, summary)")
-    p.add_argument("--resume", action="store_true", help="continue the run in --output from its latest checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --output from its latest checkpoint; with a larger run.epochs, extend it "
+                        "(the learning-rate schedule is recomputed for the new length)")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in --output")
     p.set_defaults(func=_train)
 

@@ -9,7 +9,8 @@ Run folder layout:
   config.yaml           the resolved config (a different run in the folder is refused)
   log.jsonl             one JSON object per logged step and per validation
   checkpoints/step_N/   model.safetensors, optimizer.pt, state.json (step, epoch, batch position, RNG)
-  latest.json           points at the newest complete checkpoint (written last, atomically)
+  latest.json           points at the newest complete checkpoint (written last, atomically); its position (step,
+                        epoch, batch) and best validation metric so far
   best.safetensors      best validation model (validation split only, never test)
   model.safetensors     final weights
   run_summary.json      steps, time, throughput, final metrics, bad samples
@@ -192,7 +193,11 @@ def _resolve_device(spec: str) -> torch.device:
 
 
 def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
-    """Refuse to mix runs: an existing run folder needs --resume (same config) or --overwrite."""
+    """Refuse to mix runs: an existing run folder needs --resume (same config) or --overwrite.
+
+    The one change --resume accepts is a larger `run.epochs`, to extend a run: the learning-rate schedule is then
+    recomputed for the new length from the current step on (as open_clip does), so the result is not the run that
+    N epochs from scratch would give; config.yaml records the new length."""
     existing = out / "config.yaml"
     current = yaml.safe_load(yaml.safe_dump(cfg.to_dict(), sort_keys=False))  # compare as YAML sees it
     if existing.exists():
@@ -201,10 +206,17 @@ def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: boo
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         elif resume:
             old = yaml.safe_load(existing.read_text())
-            if old != current:
-                diff = sorted(_diff_keys(old, current))
+            diff = sorted(_diff_keys(old, current))
+            if diff == ["run.epochs"] and current["run"]["epochs"] > old["run"]["epochs"]:
+                print(f"note: extending the run in {out} from {old['run']['epochs']} to {current['run']['epochs']} "
+                      "epochs; the learning-rate schedule is recomputed for the new length from the current step")
+                _atomic_write(existing, yaml.safe_dump(current, sort_keys=False))
+            elif diff == ["run.epochs"]:
+                raise ConfigError(f"{out} holds a run of {old['run']['epochs']} epochs; --resume can extend it "
+                                  f"(a larger run.epochs) but not shorten it to {current['run']['epochs']}")
+            elif diff:
                 raise ConfigError(f"{out} holds a run with a different config (differs at: {', '.join(diff[:8])}); "
-                                  "use another --output or --overwrite")
+                                  "use another --output or --overwrite (only run.epochs may grow on --resume)")
             return
         else:
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it or --overwrite to replace it")
@@ -242,7 +254,7 @@ def _set_rng_state(state: dict[str, Any]) -> None:
 
 
 def save_training_state(out: Path, model: nn.Module, task: nn.Module, optimizer: torch.optim.Optimizer,
-                        scaler: torch.amp.GradScaler | None, position: dict[str, int], keep_last: int) -> Path:
+                        scaler: torch.amp.GradScaler | None, position: dict[str, Any], keep_last: int) -> Path:
     """Write a complete checkpoint folder, then point latest.json at it (so a crash never leaves a half state)."""
     from affectclip.models.checkpoint import save_checkpoint
 
@@ -281,7 +293,13 @@ def load_training_state(out: Path, model: nn.Module, task: nn.Module, optimizer:
     if scaler is not None and state["scaler"] is not None:
         scaler.load_state_dict(state["scaler"])
     _set_rng_state(state["rng"])
-    return {k: int(latest[k]) for k in ("step", "epoch", "batch")}
+    best = latest.get("best")
+    return {**{k: int(latest[k]) for k in ("step", "epoch", "batch")}, "best": -math.inf if best is None else best}
+
+
+def _finite(value: float) -> float | None:
+    """JSON has no infinity: 'no best model yet' is stored as null."""
+    return value if math.isfinite(value) else None
 
 
 # ----------------------------------------------------------------------------------------------- the loop
@@ -429,7 +447,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     errors: list[dict[str, Any]] = []
     history: list[dict[str, Any]] = []
     val_results: list[dict[str, Any]] = []
-    best = -math.inf
+    best = position.get("best", -math.inf)  # a resumed run only replaces best.safetensors with a better model
     step, t_start, samples_seen = position["step"], time.time(), 0
     progress = _progress(cfg, info, total_steps, step)
 
@@ -475,7 +493,8 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
                     progress.update(step, record)
                 if out is not None and info.is_main and cfg.run.save_every_steps and step % cfg.run.save_every_steps == 0:
                     save_training_state(out, model, task, optimizer, scaler,
-                                        {"step": step, "epoch": epoch, "batch": batch_index}, cfg.run.keep_last)
+                                        {"step": step, "epoch": epoch, "batch": batch_index, "best": _finite(best)},
+                                        cfg.run.keep_last)
                 t_data = time.time()
                 if step >= total_steps:
                     break
@@ -494,7 +513,8 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
                     save_checkpoint(model, out / "best.safetensors", {"step": step, cfg.run.best_metric: metric})
             if out is not None and info.is_main:
                 save_training_state(out, model, task, optimizer, scaler,
-                                    {"step": step, "epoch": epoch + 1, "batch": 0}, cfg.run.keep_last)
+                                    {"step": step, "epoch": epoch + 1, "batch": 0, "best": _finite(best)},
+                                    cfg.run.keep_last)
     finally:
         if progress:
             progress.close()
