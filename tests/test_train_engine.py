@@ -115,9 +115,13 @@ def test_resume_extends_a_finished_run_and_keeps_its_best_model(tmp_path, capsys
     assert latest["epoch"] == 1 and latest["best"] is not None
     # pretend epoch 1 scored higher than any UAR can: a resumed run must not overwrite that best model
     (run / "latest.json").write_text(json.dumps({**latest, "best": 101.0}))
-    summary = train(load_config("demo", [*with_val, "run.epochs=2"]), run, resume=True)
-    assert "extending the run" in capsys.readouterr().out
-    assert summary["steps"] == 12 and sorted(_losses(run)) == list(range(1, 13))
+    from affectclip.cli import main
+
+    assert main(["train", "demo", *with_val, "run.epochs=2", "--output", str(run), "--resume"]) == 0
+    out = capsys.readouterr().out
+    assert "extending the run" in out
+    assert "trained 6 steps (resumed at step 6, trained to 12)" in out  # this invocation's steps, not the total
+    assert sorted(_losses(run)) == list(range(1, 13))
     assert "epochs: 2" in (run / "config.yaml").read_text()
     assert (run / "best.safetensors").read_bytes() == best_before
     with pytest.raises(ConfigError, match="not shorten"):

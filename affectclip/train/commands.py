@@ -70,7 +70,8 @@ def _run(cfg, output: str, resume: bool = False, overwrite: bool = False) -> dic
 def _train(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.overrides)
     summary = _run(cfg, args.output, args.resume, args.overwrite)
-    print(f"trained {summary['steps']} steps in {summary['seconds']:.1f} s "
+    resumed = f" (resumed at step {summary['start_step']}, trained to {summary['steps']})" if summary["start_step"] else ""
+    print(f"trained {summary['steps'] - summary['start_step']} steps{resumed} in {summary['seconds']:.1f} s "
           f"({summary['samples_per_s']:.0f} samples/s); run folder: {args.output}")
     if summary["validation"]:
         last = summary["validation"][-1]

@@ -449,6 +449,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     val_results: list[dict[str, Any]] = []
     best = position.get("best", -math.inf)  # a resumed run only replaces best.safetensors with a better model
     step, t_start, samples_seen = position["step"], time.time(), 0
+    start_step = step  # > 0 for a resumed run: this invocation trains steps start_step + 1 .. the last
     progress = _progress(cfg, info, total_steps, step)
 
     try:
@@ -524,7 +525,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     for e in errors:
         bad.setdefault((e.get("path"), e.get("index")), {**e, "reads": 0})["reads"] += 1
     summary = {
-        "method": cfg.method, "steps": step, "epochs": cfg.run.epochs, "world_size": info.world_size,
+        "method": cfg.method, "steps": step, "start_step": start_step, "epochs": cfg.run.epochs, "world_size": info.world_size,
         "device": str(device), "seconds": time.time() - t_start,
         "samples_per_s": samples_seen / max(time.time() - t_start, 1e-9),
         "final": {k: v for k, v in history[-1].items()} if history else {},
