@@ -15,6 +15,11 @@ where a full retrain takes 46 min. Variants:
   text noise 1.0     Gaussian noise (1 x each dimension's std) on the MiniLM vectors: a smoother text projection
   relational 10      + 10 x MSE between the batch captions' cosine matrix after and before the projection
   seed 1, seed 2     the refit with other seeds: the spread to read the other rows against
+  top layer 1e-4     MiniLM's last transformer layer trained too, at lr 1e-4 (its input, the 5th layer's output,
+                     is cached); the projections keep 1e-3. This became recipe `ferplus_text`.
+
+The text encoder of every variant is the package's pretrained MiniLM. The model's own heads (the first row) are
+evaluated through the same cache, which is exact for a frozen MiniLM or one with only its last layer tuned.
 
 Every row reports zero-shot WAR/UAR with the headline prompts (expclip5), with the canonical adjectives, and the
 mean UAR of the three held-out synonym sets (the same protocol and words as ferplus_eval.py; the words never occur
@@ -27,9 +32,11 @@ in the training captions). Valid is only evaluated, never trained on.
 from __future__ import annotations
 
 import argparse
+import copy
 import json
 import math
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -53,23 +60,67 @@ from affectclip.train.loop import class_balance_weights  # noqa: E402
 VARIANTS: dict[str, dict[str, Any]] = {
     "refit": {}, "text: none": {"text_proj": False}, "text wd 10": {"text_wd": 10.0},
     "text isometric": {"isometry": 100.0}, "text noise 1.0": {"noise": 1.0}, "relational 10": {"relational": 10.0},
-    "seed 1": {"seed": 1}, "seed 2": {"seed": 2},
+    "seed 1": {"seed": 1}, "seed 2": {"seed": 2}, "top layer 1e-4": {"top_lr": 1e-4},
 }
+
+
+@dataclass
+class Texts:
+    """Cached MiniLM views of some texts: the sentence vectors (mean-pooled last layer) and the last layer's input."""
+
+    vectors: torch.Tensor  # [N, 384]
+    hidden: torch.Tensor  # [N, L, 384] fp16: output of the second-to-last layer
+    mask: torch.Tensor  # [N, L] bool, real tokens
+
+    def __getitem__(self, idx: torch.Tensor) -> Texts:
+        return Texts(self.vectors[idx], self.hidden[idx], self.mask[idx])
+
+
+class TextHead(nn.Module):
+    """proj(MiniLM sentence vector); with `top` (a trainable copy of MiniLM's last layer) proj(mean(top(hidden)))."""
+
+    def __init__(self, proj: nn.Module, top: nn.Module | None = None) -> None:
+        super().__init__()
+        self.proj, self.top = proj, top
+
+    def forward(self, texts: Texts) -> torch.Tensor:
+        if self.top is None:
+            return self.proj(texts.vectors)
+        blocked = (~texts.mask)[:, None, None, :].float() * torch.finfo(torch.float32).min
+        out = self.top(texts.hidden.float(), attention_mask=blocked)
+        out = out[0] if isinstance(out, tuple) else out
+        weights = texts.mask.unsqueeze(-1).float()
+        return self.proj((out * weights).sum(1) / weights.sum(1).clamp_min(1.0))
 
 
 @torch.no_grad()
 def cache(model_path: str, manifest: str, batch_size: int) -> tuple[dict[str, Any], tuple[nn.Module, nn.Module]]:
-    """Backbone features and labels of train and valid, MiniLM vectors of the train captions and of every prompt;
-    and the shipped model's own projections (to check the cached pipeline reproduces its numbers)."""
+    """Backbone features and labels of train and valid, MiniLM views (`Texts`) of the train captions and of every
+    prompt, MiniLM's last layer; and the shipped model's own heads (to check the cache reproduces its numbers)."""
     from affectclip.models.factory import create_model, create_transforms, get_tokenizer
+    from affectclip.models.text_minilm import load_minilm
 
     model = create_model(model_path).eval()
+    text_cfg = model.config["text_cfg"]
+    if text_cfg.get("type") != "minilm" or (text_cfg.get("trainable") and text_cfg.get("trainable_layers") != 1):
+        raise SystemExit(f"{model_path}: this study needs a MiniLM text tower that is frozen or has only its last "
+                         "layer tuned (the cache holds the package MiniLM's 5th-layer output)")
+    pretrained = load_minilm().eval()  # the package's MiniLM: every variant's text encoder
     tokenizer, tf = get_tokenizer(model), create_transforms(model, train=False)
 
-    def raw(texts: list[str]) -> torch.Tensor:
-        return torch.cat([model.text.sentence_embedding(tokenizer(texts[i:i + 512])) for i in range(0, len(texts), 512)])
+    def raw(texts: list[str]) -> Texts:
+        parts = []
+        for i in range(0, len(texts), 512):
+            tokens = tokenizer(texts[i:i + 512])
+            mask = tokens != 0
+            states = pretrained(input_ids=tokens, attention_mask=mask.long(), output_hidden_states=True)
+            weights = mask.unsqueeze(-1).float()
+            vectors = (states.last_hidden_state * weights).sum(1) / weights.sum(1).clamp_min(1.0)
+            parts.append(Texts(vectors, states.hidden_states[-2].half(), mask))
+        return Texts(*(torch.cat([getattr(p, f) for p in parts]) for f in ("vectors", "hidden", "mask")))
 
-    out: dict[str, Any] = {"init_logit_scale": float(model.config["init_logit_scale"])}
+    out: dict[str, Any] = {"init_logit_scale": float(model.config["init_logit_scale"]),
+                           "top_layer": pretrained.encoder.layer[-1]}
     for split in ("train", "valid"):
         rows = ferplus_split(manifest, split)
         loader = torch.utils.data.DataLoader(dataset(rows, tf), batch_size=batch_size, collate_fn=list)
@@ -84,50 +135,57 @@ def cache(model_path: str, manifest: str, batch_size: int) -> tuple[dict[str, An
     out["adjective_prompts"] = {w: raw([t.format(c=w) for t in ADJ_TEMPLATES]) for w in words}
     headline = build_prompts(FERPLUS_CLASSES, "expclip5")
     out["expclip5"] = {c: raw(headline[c]) for c in FERPLUS_CLASSES}
-    return out, (model.visual.proj, model.text.proj)
+    return out, (model.visual.proj, TextHead(model.text.proj, model.text.bert.encoder.layer[-1]))
 
 
 def fit(data: dict[str, Any], epochs: int, text_proj: bool = True, text_wd: float | None = None,
-        isometry: float = 0.0, noise: float = 0.0, relational: float = 0.0, seed: int = 0,
+        isometry: float = 0.0, noise: float = 0.0, relational: float = 0.0, top_lr: float = 0.0, seed: int = 0,
         batch: int = 128, lr: float = 1e-3, wd: float = 0.05) -> tuple[nn.Module, nn.Module]:
-    """Train fresh image/text projections on the cached vectors; returns (image head, text head)."""
+    """Train fresh image/text heads on the cached features; returns (image head, text head)."""
     torch.manual_seed(seed)
     gen = torch.Generator().manual_seed(seed)
     train = data["train"]
-    width = train["text"].shape[1]
+    texts: Texts = train["text"]
+    width = texts.vectors.shape[1]
     dim = 256 if text_proj else width
     image_head = nn.Linear(train["features"].shape[1], dim)
-    text_head: nn.Module = nn.Linear(width, dim) if text_proj else nn.Identity()
+    proj: nn.Module = nn.Linear(width, dim) if text_proj else nn.Identity()
     if text_proj:
-        nn.init.normal_(text_head.weight, std=width**-0.5)
-        nn.init.zeros_(text_head.bias)
+        nn.init.normal_(proj.weight, std=width**-0.5)
+        nn.init.zeros_(proj.bias)
+    top = copy.deepcopy(data["top_layer"]).requires_grad_(True).train() if top_lr else None
+    text_head = TextHead(proj, top)
     scale = nn.Parameter(torch.tensor(data["init_logit_scale"]))
-    groups = [{"params": [*image_head.parameters(), scale], "weight_decay": wd}]
+    groups = [{"params": [*image_head.parameters(), scale], "weight_decay": wd, "lr": lr}]
     if text_proj:
-        groups.append({"params": list(text_head.parameters()), "weight_decay": wd if text_wd is None else text_wd})
-    opt = torch.optim.AdamW(groups, lr=lr)
+        groups.append({"params": list(proj.parameters()), "weight_decay": wd if text_wd is None else text_wd, "lr": lr})
+    if top is not None:
+        groups.append({"params": list(top.parameters()), "weight_decay": wd, "lr": top_lr})
+    opt = torch.optim.AdamW(groups)
     steps = epochs * (len(train["labels"]) // batch)
-    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=lr, total_steps=steps, pct_start=0.05)
+    sched = torch.optim.lr_scheduler.OneCycleLR(opt, max_lr=[g["lr"] for g in groups], total_steps=steps,
+                                                pct_start=0.05)
     loss_fn = SentimentGuidedClipLoss(lam=10.0)
     draw = class_balance_weights(train["labels"].tolist(), 0.5)
-    std = train["text"].std(0)
+    std = texts.vectors.std(0)
     for _ in range(steps):
         idx = torch.multinomial(draw, batch, replacement=True, generator=gen)
-        text = train["text"][idx]
+        text = texts[idx]
         if noise:
-            text = text + noise * std * torch.randn(text.shape, generator=gen)
+            text.vectors = text.vectors + noise * std * torch.randn(text.vectors.shape, generator=gen)
         img, txt = F.normalize(image_head(train["features"][idx]), dim=-1), F.normalize(text_head(text), dim=-1)
         loss = loss_fn(img, txt, scale.clamp(max=math.log(100)).exp(), sentiment_probs=train["votes"][idx])
         if relational:
-            before = F.normalize(text, dim=-1)
+            before = F.normalize(text.vectors, dim=-1)
             loss = loss + relational * F.mse_loss(txt @ txt.T, before @ before.T)
         if isometry and text_proj:
-            gram = text_head.weight @ text_head.weight.T
+            gram = proj.weight @ proj.weight.T
             loss = loss + isometry * ((gram / gram.diagonal().mean() - torch.eye(dim)) ** 2).mean()
         opt.zero_grad()
         loss.backward()
         opt.step()
         sched.step()
+    text_head.eval()
     return image_head, text_head
 
 
@@ -136,8 +194,8 @@ def evaluate(data: dict[str, Any], image_head: nn.Module, text_head: nn.Module) 
     valid = data["valid"]
     image = F.normalize(image_head(valid["features"]), dim=-1)
 
-    def run(class_vectors: list[torch.Tensor]) -> dict[str, float]:
-        weights = F.normalize(torch.stack([F.normalize(text_head(v), dim=-1).mean(0) for v in class_vectors]), dim=-1)
+    def run(class_texts: list[Texts]) -> dict[str, float]:
+        weights = F.normalize(torch.stack([F.normalize(text_head(t), dim=-1).mean(0) for t in class_texts]), dim=-1)
         r = classification_report(valid["labels"].numpy(), (image @ weights.T).numpy(), FERPLUS_CLASSES)
         return {"war": r["war"], "uar": r["uar"]}
 

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
 
 import affectclip
 from affectclip.data.ferplus import FERPLUS_CLASSES
@@ -68,7 +69,13 @@ def test_varied_ferplus_captions_vary_words_but_never_use_the_synonym_test_words
 
 def test_shipped_file_is_small_and_self_describing(model):
     assert DEFAULT.stat().st_size <= 20 * 2**20
-    assert model.config["text_cfg"]["type"] == "minilm" and model.config["text_cfg"]["trainable"] is False
+    text = model.config["text_cfg"]
+    assert text["type"] == "minilm" and text["trainable"] is True and text["trainable_layers"] == 1
+    # the locked MiniLM layers come from their package; the tuned last layer is in the file
+    with safe_open(str(DEFAULT), framework="pt") as f:
+        keys = list(f.keys())
+    assert any(k.startswith("text.bert.encoder.layer.5.") for k in keys)
+    assert not any(k.startswith(("text.bert.embeddings.", "text.bert.encoder.layer.4.")) for k in keys)
     x = torch.rand(2, 3, model.config["vision_cfg"]["image_size"], model.config["vision_cfg"]["image_size"])
     f = model.encode_image(x)
     assert f.shape == (2, model.embed_dim) and torch.isfinite(f).all()

@@ -175,6 +175,32 @@ def test_frozen_minilm_caches_sentence_vectors_exactly_and_forgets_them_on_load(
     assert len(trainable._cache) == 0  # a trained body changes every step: never cached
 
 
+def test_minilm_with_its_last_layer_unlocked_trains_only_that_layer(wordpiece):
+    """trainable_layers=1: gradients reach the last layer and the projection only; the locked embeddings and lower
+    layers stay in eval mode (no dropout noise), so the same caption gives the same input to the unlocked layer."""
+    tower = MiniLMTextTower(output_dim=8, trainable=True, trainable_layers=1).train()
+    last = tower.bert.encoder.layer[-1]
+    assert last.training and not tower.bert.embeddings.training and not tower.bert.encoder.layer[0].training
+    tower(wordpiece(["a joyful face", "a gloomy face"])).sum().backward()
+    grads = {n for n, p in tower.named_parameters() if p.grad is not None}
+    assert grads == {n for n, p in tower.named_parameters() if n.startswith(("bert.encoder.layer.5.", "proj."))}
+    assert len(tower._cache) == 0  # part of the body trains: nothing is cached
+    for bad in ({"trainable": True, "trainable_layers": 0}, {"trainable": True, "trainable_layers": 7},
+                {"trainable": False, "trainable_layers": 1}):
+        with pytest.raises(ValueError, match="trainable_layers must be in"):
+            MiniLMTextTower(output_dim=8, **bad)
+
+
+def test_minilm_drops_padding_no_row_needs_without_changing_vectors(minilm):
+    """The tower runs BERT only over the columns some row uses; the vectors equal a full-width BERT pass."""
+    tokens = WordPieceTokenizer(64)(["a smiling person", "someone looking mostly composed, a little stunned"])
+    mask = (tokens != 0).long()
+    with torch.no_grad():
+        hidden = minilm.bert(input_ids=tokens, attention_mask=mask).last_hidden_state
+        full = (hidden * mask.unsqueeze(-1)).sum(1) / mask.sum(1, keepdim=True)
+        torch.testing.assert_close(minilm._embed(tokens), full, atol=1e-5, rtol=0)
+
+
 @pytest.mark.parametrize(
     "name", ["mobilenetv2-minilm", "efficientnet-lite0-minilm", "mobilenetv2-minilm-tuned"]
 )

