@@ -37,7 +37,8 @@ model = create_model(f"{run}/model.safetensors", external_weights=[*locked, "vis
                      preprocess={"grayscale": True})
 summary = json.load(open(f"{run}/run_summary.json"))
 save_checkpoint(model, "affectclip/assets/default_model.safetensors",
-                {"recipe": "ferplus + ferplus_text", "steps": summary["steps"], "trained_on": "FER2013 train images + FER+ votes"})
+                {"recipe": "ferplus + ferplus_text", "steps": summary["steps"],
+                 "trained_on": "FER2013 train images + FER+ votes"})
 print("wrote affectclip/assets/default_model.safetensors")
 PYEOF
 "$PY" benchmarks/ferplus_eval.py --model affectclip/assets/default_model.safetensors \

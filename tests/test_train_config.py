@@ -84,5 +84,6 @@ def test_a_tuned_text_body_gets_its_own_learning_rate():
     unlocked = [p for n, p in model.named_parameters() if n.startswith("text.bert.encoder.layer.5.")]
     assert {id(p) for p in text} == {id(p) for p in unlocked}
     assert groups["text_weights"]["lr"] == groups["text_gain_bias"]["lr"] == 1e-4
-    assert groups["weights"]["lr"] == 5e-4 and id(model.text.proj.weight) in {id(p) for p in groups["weights"]["params"]}
+    assert groups["weights"]["lr"] == 5e-4
+    assert id(model.text.proj.weight) in {id(p) for p in groups["weights"]["params"]}
     assert not any(n.startswith("visual.backbone.") for n, p in model.named_parameters() if p.requires_grad)

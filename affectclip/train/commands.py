@@ -70,8 +70,9 @@ def _run(cfg, output: str, resume: bool = False, overwrite: bool = False) -> dic
 def _train(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.overrides)
     summary = _run(cfg, args.output, args.resume, args.overwrite)
-    resumed = f" (resumed at step {summary['start_step']}, trained to {summary['steps']})" if summary["start_step"] else ""
-    print(f"trained {summary['steps'] - summary['start_step']} steps{resumed} in {summary['seconds']:.1f} s "
+    start = summary["start_step"]
+    resumed = f" (resumed at step {start}, trained to {summary['steps']})" if start else ""
+    print(f"trained {summary['steps'] - start} steps{resumed} in {summary['seconds']:.1f} s "
           f"({summary['samples_per_s']:.0f} samples/s); run folder: {args.output}")
     if summary["validation"]:
         last = summary["validation"][-1]

@@ -531,7 +531,8 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     for e in errors:
         bad.setdefault((e.get("path"), e.get("index")), {**e, "reads": 0})["reads"] += 1
     summary = {
-        "method": cfg.method, "steps": step, "start_step": start_step, "epochs": cfg.run.epochs, "world_size": info.world_size,
+        "method": cfg.method, "steps": step, "start_step": start_step, "epochs": cfg.run.epochs,
+        "world_size": info.world_size,
         "device": str(device), "seconds": time.time() - t_start,
         "samples_per_s": samples_seen / max(time.time() - t_start, 1e-9),
         "final": {k: v for k, v in history[-1].items()} if history else {},
