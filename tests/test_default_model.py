@@ -136,3 +136,20 @@ def test_readme_main_command_scores_the_example_photo(tmp_path, capsys):
     assert all(c in header for c in FERPLUS_CLASSES) and "top_label" in header
     assert " happiness " in row and row.rstrip().endswith("ok"), out
     assert [p.suffix for p in (tmp_path / "plots").iterdir()] == [".png"]
+
+
+def test_loaded_default_model_is_inference_only_and_reuses_its_prompt_vectors():
+    """`affectclip.load()` owns its model: no parameter needs gradients, so the partly tuned MiniLM caches sentence
+    vectors and a label set seen before is not encoded again (the cached vectors equal a fresh encoding)."""
+    if not DEFAULT.is_file():
+        pytest.skip("no shipped default model in affectclip/assets")
+    em = affectclip.load(device="cpu")
+    assert not any(p.requires_grad for p in em.model.parameters())
+    words = ["a photo of a joyful face", "a photo of a furious face", "a photo of a calm face"]
+    first = em.embed_text(words)
+    assert len(em.model.text._cache) == len(words)
+    again = em.embed_text(list(reversed(words)))
+    assert len(em.model.text._cache) == len(words)
+    np.testing.assert_allclose(again[::-1], first, atol=1e-6)
+    em.model.text._cache.clear()
+    np.testing.assert_allclose(em.embed_text(words), first, atol=1e-6)

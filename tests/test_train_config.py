@@ -69,6 +69,37 @@ def test_unknown_recipe_and_bad_yaml(tmp_path):
         load_config(str(missing))
 
 
+def test_a_recipe_inherits_its_base_and_overrides_only_what_it_names():
+    """Stage 2 of the shipped model (`base: ferplus`) must train on exactly stage 1's data, loss and evaluation."""
+    one, two = load_config("ferplus"), load_config("ferplus_text")
+    assert two.data == one.data and two.loss == one.loss and two.eval == one.eval
+    assert two.model.overrides["vision_cfg"] == {"image_size": 80, "freeze_backbone": True}  # merged, not replaced
+    assert two.model.overrides["text_cfg"] == {"context_length": 32, "trainable": True, "trainable_layers": 1}
+    assert (two.run.epochs, two.optim.warmup_steps, two.optim.lr_text) == (3, 30, 1e-4)
+    assert (two.optim.lr, two.run.best_metric) == (one.optim.lr, one.run.best_metric)
+    assert two.description != one.description
+
+
+def test_base_paths_resolve_next_to_the_recipe_and_errors_name_the_file(tmp_path):
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "a.yaml").write_text("base: demo\nrun: {epochs: 7}\ndata: {classes: [calm, tense]}\n")
+    (tmp_path / "sub" / "b.yaml").write_text("base: ../a.yaml\nrun: {seed: 3}\n")
+    cfg = load_config(str(tmp_path / "sub" / "b.yaml"), ["run.epochs=9"])
+    assert (cfg.run.epochs, cfg.run.seed, cfg.data.classes) == (9, 3, ["calm", "tense"])  # lists replace
+    assert cfg.model.name == load_config("demo").model.name
+
+    (tmp_path / "loop1.yaml").write_text("base: loop2.yaml\n")
+    (tmp_path / "loop2.yaml").write_text("base: loop1.yaml\n")
+    with pytest.raises(ConfigError, match="inherits from itself.*loop1.yaml -> loop2.yaml -> loop1.yaml"):
+        load_config(str(tmp_path / "loop1.yaml"))
+    (tmp_path / "bad.yaml").write_text("base: no_such_recipe\n")
+    with pytest.raises(ConfigError, match="bad.yaml: base: unknown recipe 'no_such_recipe'"):
+        load_config(str(tmp_path / "bad.yaml"))
+    (tmp_path / "typed.yaml").write_text("base: [demo]\n")
+    with pytest.raises(ConfigError, match="'base' must be a recipe name"):
+        load_config(str(tmp_path / "typed.yaml"))
+
+
 def test_a_tuned_text_body_gets_its_own_learning_rate():
     """`optim.lr_text` (recipe ferplus_text: 1e-4 for MiniLM's unlocked last layer) is kept apart from the projections'
     rate; the locked layers are not handed to the optimiser at all."""

@@ -71,7 +71,9 @@ def load(
         path = default_model_path() if name_or_path is None else Path(name_or_path)
         if not path.is_file():
             raise FileNotFoundError(f"model checkpoint not found: {path}; pass the path of a .safetensors checkpoint")
-        model, source = create_model(path), str(path.resolve())
+        # Inference only: with no parameter asking for gradients, a MiniLM text tower caches sentence vectors, so a
+        # label set seen before (embed_text, search, repeated predict calls) is not encoded again.
+        model, source = create_model(path).requires_grad_(False), str(path.resolve())
     return EmotionModel(model, resolve_device(device), detector=detector, source=source, verbose=verbose)
 
 

@@ -160,17 +160,45 @@ def resolve_recipe(name_or_path: str) -> Path:
     return candidate
 
 
+def _read_recipe(path: Path, chain: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """The YAML mapping in `path` merged over its `base:` recipe, if it names one (a recipe name, or a YAML path
+    relative to this file). A second stage then states only what differs from the first, so the two cannot drift."""
+    if path.resolve() in chain:
+        loop = " -> ".join(p.name for p in (*chain, path.resolve()))
+        raise ConfigError(f"recipe {path} inherits from itself through 'base:' ({loop}); remove one of the bases")
+    try:
+        raw = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path} must hold a mapping of sections (base, model, data, loss, optim, run, eval)")
+    base = raw.pop("base", None)
+    if base is None:
+        return raw
+    if not isinstance(base, str) or not base:
+        raise ConfigError(f"{path}: 'base' must be a recipe name or a YAML path, got {base!r}")
+    base_path = Path(base)
+    if base_path.suffix in (".yaml", ".yml") and not base_path.is_absolute():
+        base_path = path.parent / base_path
+    try:
+        base_path = resolve_recipe(str(base_path))
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: base: {exc}") from exc
+    return _merge(_read_recipe(base_path, (*chain, path.resolve())), raw)
+
+
+def _merge(base: dict[str, Any], child: dict[str, Any]) -> dict[str, Any]:
+    """`child` over `base`: mappings merge key by key, lists and scalars replace (a list is one value)."""
+    out = dict(base)
+    for key, value in child.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(name_or_path: str | None = None, overrides: list[str] | None = None) -> TrainConfig:
-    """Recipe name or YAML path (+ `a.b=value` overrides) -> validated TrainConfig."""
-    raw: dict[str, Any] = {}
-    if name_or_path:
-        path = resolve_recipe(name_or_path)
-        try:
-            raw = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as exc:
-            raise ConfigError(f"{path} is not valid YAML: {exc}") from exc
-        if not isinstance(raw, dict):
-            raise ConfigError(f"{path} must hold a mapping of sections (model, data, loss, optim, run, eval)")
+    """Recipe name or YAML path (+ `a.b=value` overrides) -> validated TrainConfig. A recipe may start with
+    `base: OTHER` to inherit every section of another recipe and override only some keys."""
+    raw: dict[str, Any] = _read_recipe(resolve_recipe(name_or_path)) if name_or_path else {}
     for item in overrides or []:
         key, sep, value = item.partition("=")
         if not sep or not key:
