@@ -274,6 +274,11 @@ def save_checkpoint(
                          "their trained values would be lost: freeze them or drop the prefix from the config")
     tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
                if not (external and k.startswith(external))}
+    return _write_atomic(tensors, path, metadata)
+
+
+def _write_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
+    """Temp file, then rename: a crash never leaves a half-written checkpoint under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     try:
@@ -282,3 +287,73 @@ def save_checkpoint(
     finally:
         tmp.unlink(missing_ok=True)
     return path
+
+
+def average_checkpoints(
+    paths: list[str | os.PathLike], out: str | os.PathLike, weights: list[float] | None = None
+) -> Path:
+    """Average the weights of several of our checkpoints of ONE model into `out` (a uniform or weighted model
+    soup, or the last-N checkpoints of one run) and return its path.
+
+    Averaging helps only where the inputs lie in one basin: runs fine-tuned from the same starting weights, or
+    checkpoints of one run. Weights of unrelated runs average to a broken model, so evaluate the result. The
+    inputs must share the model config and tensor names/shapes. Float tensors are averaged in float64 and stored
+    in their own dtype; integer buffers must agree, except BatchNorm's `num_batches_tracked`, which keeps the
+    largest count. The output carries the first input's metadata plus `averaged_from` and `average_weights`."""
+    paths = [Path(p) for p in paths]
+    if len(paths) < 2:
+        raise ValueError(f"averaging needs at least two checkpoints, got {len(paths)}")
+    weights = [1.0] * len(paths) if weights is None else [float(w) for w in weights]
+    if len(weights) != len(paths):
+        raise ValueError(f"got {len(weights)} weights for {len(paths)} checkpoints; "
+                         "give one weight per checkpoint")
+    if not all(math.isfinite(w) and w >= 0 for w in weights) or sum(weights) <= 0:
+        raise ValueError(f"weights must be finite, non-negative and not all zero, got {weights}")
+    total = sum(weights)
+    weights = [w / total for w in weights]
+    out = Path(out)
+    if out.suffix != ".safetensors":
+        raise ValueError(f"checkpoints are written as .safetensors; got '{out.name}'")
+    missing = [str(p) for p in paths if not p.is_file()]
+    if missing:
+        raise FileNotFoundError(f"checkpoint file(s) not found: {', '.join(missing)}")
+    if out.resolve() in {p.resolve() for p in paths}:
+        raise ValueError(f"the output {out} is one of the inputs; write the average to a new file")
+    configs = [read_checkpoint_config(p) for p in paths]
+    for path, config in zip(paths, configs, strict=True):
+        if config is None:
+            raise ValueError(f"{path} is not an affectclip checkpoint (a .safetensors file with a stored model "
+                             "config); average only checkpoints written by `affectclip train` or save_checkpoint")
+        if config != configs[0]:
+            raise ValueError(f"{path} holds a different model config than {paths[0]}; only checkpoints of one "
+                             "model can be averaged")
+    with safe_open(str(paths[0]), framework="pt") as handle:
+        metadata = dict(handle.metadata() or {})
+    acc: dict[str, torch.Tensor] = {}
+    dtypes: dict[str, torch.dtype] = {}
+    for path, weight in zip(paths, weights, strict=True):
+        sd = load_file(str(path), device="cpu")
+        if acc and sd.keys() != acc.keys():
+            diff = sorted(set(sd) ^ set(acc))
+            raise ValueError(f"{path} and {paths[0]} hold different tensors ({_listed(diff)})")
+        for key, value in sd.items():
+            dtypes.setdefault(key, value.dtype)
+            if key in acc and value.is_floating_point() != dtypes[key].is_floating_point:
+                raise ValueError(f"{path}: tensor '{key}' is {value.dtype}, but {dtypes[key]} in {paths[0]}")
+            if key in acc and value.shape != acc[key].shape:
+                raise ValueError(f"{path}: tensor '{key}' has shape {tuple(value.shape)}, expected "
+                                 f"{tuple(acc[key].shape)} as in {paths[0]}")
+            if value.is_floating_point():
+                if not torch.isfinite(value).all():
+                    raise ValueError(f"{path}: tensor '{key}' holds NaN or inf; that checkpoint is broken, "
+                                     "leave it out")
+                acc[key] = acc.get(key, 0) + weight * value.double()
+            elif key not in acc or key.endswith("num_batches_tracked"):
+                acc[key] = value if key not in acc else torch.maximum(acc[key], value)
+            elif not torch.equal(acc[key], value):
+                raise ValueError(f"{path}: integer tensor '{key}' differs from {paths[0]}'s; these are not "
+                                 "checkpoints of one model")
+    tensors = {k: v.to(dtypes[k]).contiguous() for k, v in acc.items()}
+    metadata["averaged_from"] = json.dumps([str(p) for p in paths])
+    metadata["average_weights"] = json.dumps(weights)
+    return _write_atomic(tensors, out, metadata)

@@ -1,4 +1,5 @@
-"""`affectclip train`, `affectclip features`, `affectclip recipes` and `affectclip demo`."""
+"""`affectclip train`, `affectclip features`, `affectclip average`, `affectclip recipes`, `affectclip demo` and
+`affectclip plot`."""
 
 from __future__ import annotations
 
@@ -31,6 +32,17 @@ def register(sub: argparse._SubParsersAction) -> None:
     f.add_argument("overrides", nargs="*", help="section.key=value, e.g. data.train=clips.jsonl:train")
     f.add_argument("--overwrite", action="store_true", help="replace a cache already in OUT_DIR")
     f.set_defaults(func=_features)
+
+    a = sub.add_parser("average", help="average the weights of several checkpoints of one model (a model soup)",
+                       description="Average runs fine-tuned from the same weights (different seeds), or the last "
+                                   "checkpoints of one run (RUN/checkpoints/step_*/model.safetensors). Unrelated runs "
+                                   "average to a broken model: evaluate the result.")
+    a.add_argument("checkpoints", nargs="+", help="two or more .safetensors checkpoints of the same model config")
+    a.add_argument("--output", "-o", required=True, help="the averaged .safetensors file")
+    a.add_argument("--weights", type=float, nargs="+", default=None,
+                   help="one weight per checkpoint (normalised to sum 1; default: uniform)")
+    a.add_argument("--overwrite", action="store_true", help="replace an existing output file")
+    a.set_defaults(func=_average)
 
     r = sub.add_parser("recipes", help="list the shipped training recipes")
     r.set_defaults(func=_recipes)
@@ -103,6 +115,18 @@ def _features(args: argparse.Namespace) -> int:
         print("note: the training split holds ONE augmentation / frame-window draw per clip, reused every epoch")
     print(f"train from it: affectclip train {args.config} ... data.train=features:{args.out_dir}"
           + (f" data.val=features:{args.out_dir}" if "val" in index["splits"] else ""))
+    return 0
+
+
+def _average(args: argparse.Namespace) -> int:
+    from affectclip.cli import UserError
+    from affectclip.models.checkpoint import average_checkpoints
+
+    out = Path(args.output)
+    if out.exists() and not args.overwrite:
+        raise UserError(f"{out} exists; pass --overwrite to replace it or choose another --output")
+    path = average_checkpoints(args.checkpoints, out, args.weights)
+    print(f"averaged {len(args.checkpoints)} checkpoints into {path}")
     return 0
 
 
