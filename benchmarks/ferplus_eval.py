@@ -30,6 +30,7 @@ sys.path.insert(0, str(ROOT))
 from affectclip.data.datasets import ManifestDataset  # noqa: E402
 from affectclip.data.ferplus import ADJECTIVES, EVAL_SYNONYMS, FERPLUS_CLASSES, TRAIN_ADJECTIVES  # noqa: E402
 from affectclip.data.manifest import Manifest, read_manifest  # noqa: E402
+from affectclip.eval.metrics import stratified_bootstrap, uar  # noqa: E402
 
 PROMPT_SETS = ("expclip5", "expression", "classname", "face_expression", "expclip10", "clip_benchmark_fer")
 HEADLINE = "expclip5"
@@ -75,16 +76,28 @@ def synonym_study(model, tokenizer, feats, seen: set[str]) -> dict[str, Any]:
     if leaked:
         raise SystemExit(f"synonym words {leaked} occur in the training captions; they would not test generalisation")
 
-    def run(names: dict[str, str]) -> dict[str, Any]:
-        return evaluate_zero_shot(model, tokenizer, None, FERPLUS_CLASSES, adjective_prompts(names),
-                                  features=feats)["metrics"]
+    preds: list[np.ndarray] = []  # canonical, then the synonym sets: predictions in feats.labels order
 
-    canonical = run(dict(ADJECTIVES))
+    def run(names: dict[str, str], keep: bool = False) -> dict[str, Any]:
+        r = evaluate_zero_shot(model, tokenizer, None, FERPLUS_CLASSES, adjective_prompts(names), features=feats)
+        if keep:
+            preds.append(np.asarray(r["predictions"]["pred"]))
+        return r["metrics"]
+
+    canonical = run(dict(ADJECTIVES), keep=True)
     sets = []
     for k in range(3):
         names = {c: SYNONYMS[c][k] for c in FERPLUS_CLASSES}
-        m = run(names)
+        m = run(names, keep=True)
         sets.append({"words": names, "war": m["war"], "uar": m["uar"], "per_class_recall": m["per_class_recall"]})
+    y, n = feats.labels, len(FERPLUS_CLASSES)
+
+    def gap(idx: np.ndarray) -> float:
+        canon, *syn = (uar(y[idx], p[idx], n)[0] for p in preds)
+        return canon - float(np.mean(syn))
+
+    # paired over the same images: how far the gap itself moves when the valid faces are resampled
+    gap_ci = stratified_bootstrap(y, gap, n_boot=2000, seed=0)
     words = []
     for c in FERPLUS_CLASSES:
         for w in SYNONYMS[c]:
@@ -93,7 +106,8 @@ def synonym_study(model, tokenizer, feats, seen: set[str]) -> dict[str, Any]:
                           "canonical_recall": canonical["per_class_recall"][c], "uar": m["uar"]})
     return {"templates": list(ADJ_TEMPLATES), "canonical": {"words": dict(ADJECTIVES), "war": canonical["war"],
             "uar": canonical["uar"], "per_class_recall": canonical["per_class_recall"]},
-            "synonym_sets": sets, "mean_synonym_uar": float(np.mean([s["uar"] for s in sets])), "per_word": words}
+            "synonym_sets": sets, "mean_synonym_uar": float(np.mean([s["uar"] for s in sets])),
+            "gap": gap_ci, "per_word": words}
 
 
 def evaluate(model_path: str, manifest_path: str, probe_train: int, batch_size: int, seed: int) -> dict[str, Any]:
@@ -166,6 +180,9 @@ def table(res: dict[str, Any]) -> str:
     for s in syn["synonym_sets"]:
         lines.append(f"{'zero-shot synonyms ' + '/'.join(list(s['words'].values())[:3]) + '/...':42s} "
                      f"{s['war']:6.2f} {s['uar']:6.2f}")
+    g = syn["gap"]
+    lines.append(f"synonym gap (canonical UAR - mean synonym-set UAR): {g['estimate']:.2f}, "
+                 f"{100 * g['level']:.0f} % bootstrap interval {g['low']:.2f} .. {g['high']:.2f}")
     if "linear_probe" in res:
         p = res["linear_probe"]
         lines.append(f"{'linear probe (C=' + format(p['probe']['C'], 'g') + ', n=' + str(p['n_train']) + ')':42s} "

@@ -104,3 +104,25 @@ def test_bad_inputs():
         M.war([], [])
     with pytest.raises(ValueError, match="unknown"):
         M.war([-1, 0], [0, 0])
+
+
+def test_stratified_bootstrap_interval_has_the_binomial_width_and_keeps_class_counts(rng):
+    n = 4000
+    y = rng.integers(0, 4, n)
+    y[:16] = 4  # a rare class, as FER+ contempt: it must be in every resample with all 16 draws
+    pred = np.where(rng.random(n) < 0.7, y, (y + 1) % 5)
+    counts = np.bincount(y, minlength=5)
+
+    def acc(idx: np.ndarray) -> float:
+        assert np.array_equal(np.bincount(y[idx], minlength=5), counts)
+        return M.war(y[idx], pred[idx])
+
+    ci = M.stratified_bootstrap(y, acc, n_boot=500, seed=1)
+    assert ci["low"] < ci["estimate"] < ci["high"]
+    binomial = 1.96 * np.sqrt(70 * 30 / n)  # normal half-width in percent points
+    assert 0.7 * binomial < (ci["high"] - ci["low"]) / 2 < 1.3 * binomial
+    assert M.stratified_bootstrap(y, acc, n_boot=500, seed=1) == ci  # seeded: reproducible
+    same = M.stratified_bootstrap(y, lambda i: M.uar(y[i], pred[i], 5)[0] - M.uar(y[i], pred[i], 5)[0], n_boot=50)
+    assert same["low"] == same["high"] == 0.0  # a paired statistic of identical predictions has no spread
+    with pytest.raises(ValueError, match="n_boot"):
+        M.stratified_bootstrap(y, acc, n_boot=0)

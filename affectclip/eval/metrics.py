@@ -8,7 +8,7 @@ report them — never a silent NaN in an average.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 from scipy.stats import rankdata
@@ -241,6 +241,28 @@ def recall_at_k(ranks: np.ndarray, ks: Sequence[int] = (1, 5, 10)) -> dict[str, 
     out["median_rank"] = float(np.median(r) + 1)
     out["mean_rank"] = float(r.mean() + 1)
     return out
+
+
+def stratified_bootstrap(
+    y_true, statistic: Callable[[np.ndarray], float], n_boot: int = 2000, level: float = 0.95, seed: int = 0
+) -> dict[str, float]:
+    """Percentile confidence interval of `statistic(indices)` over bootstrap resamples of the samples.
+
+    Resampling happens within each class, so every resample keeps the split's class counts: a per-class mean such
+    as UAR is then always defined, and a class of 16 images is never dropped from a resample. Pass a statistic of
+    paired predictions (e.g. one model's UAR minus another's on the same indices) for a paired interval."""
+    t = np.asarray(y_true, dtype=np.int64).ravel()
+    if t.size == 0:
+        raise ValueError("no samples to resample")
+    if n_boot < 1 or not 0 < level < 1:
+        raise ValueError(f"need n_boot >= 1 and 0 < level < 1, got n_boot={n_boot}, level={level}")
+    rng = np.random.default_rng(seed)
+    groups = [np.flatnonzero(t == c) for c in np.unique(t)]
+    values = np.array([statistic(np.concatenate([g[rng.integers(0, g.size, g.size)] for g in groups]))
+                       for _ in range(n_boot)])
+    lo, hi = np.percentile(values, [50 * (1 - level), 50 * (1 + level)])
+    return {"estimate": float(statistic(np.arange(t.size))), "low": float(lo), "high": float(hi),
+            "level": level, "n_boot": n_boot, "std": float(values.std())}
 
 
 def aggregate_folds(per_fold: Sequence[dict[str, float]]) -> dict[str, dict[str, float] | list[float]]:
