@@ -118,3 +118,20 @@ def test_a_tuned_text_body_gets_its_own_learning_rate():
     assert groups["weights"]["lr"] == 5e-4
     assert id(model.text.proj.weight) in {id(p) for p in groups["weights"]["params"]}
     assert not any(n.startswith("visual.backbone.") for n, p in model.named_parameters() if p.requires_grad)
+
+
+def test_a_required_recipe_value_must_be_given_before_training(tmp_path):
+    """ferplus_text continues a stage-1 run: without model.pretrained it would silently train on a frozen ImageNet
+    backbone with fresh projections, so the run refuses to start, in one line that says what to pass."""
+    from affectclip.cli import main
+    from affectclip.train.config import require_set
+
+    with pytest.raises(ConfigError, match=r"leaves model.pretrained for you to set \(marked \?\?\?\); pass "
+                                          r"model.pretrained=VALUE"):
+        require_set(load_config("ferplus_text"))
+    require_set(load_config("ferplus_text", ["model.pretrained=runs/x/model.safetensors"]))
+    (tmp_path / "r.yaml").write_text("base: demo\ndata: {classes: [a, \"???\"]}\n")
+    with pytest.raises(ConfigError, match=r"data.classes\[1\]"):
+        require_set(load_config(str(tmp_path / "r.yaml")))
+    assert main(["train", "ferplus_text", "--output", str(tmp_path / "run")]) == 2
+    assert not (tmp_path / "run").exists()  # refused before the output folder is made

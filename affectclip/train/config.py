@@ -23,6 +23,9 @@ class ConfigError(ValueError):
     """A recipe/override problem; the message names the dotted key and what is allowed."""
 
 
+MISSING = "???"  # a recipe value the user must give (OmegaConf's marker), e.g. stage 2's model.pretrained
+
+
 @dataclass
 class ModelConfig:
     name: str = "tiny-vit-wordpiece"  # registered config name or a checkpoint path
@@ -211,6 +214,24 @@ def load_config(name_or_path: str | None = None, overrides: list[str] | None = N
                 raise ConfigError(f"override '{item}': '{part}' is not a section")
         node[parts[-1]] = yaml.safe_load(value)
     return _build(TrainConfig, raw, "")
+
+
+def require_set(cfg: TrainConfig) -> None:
+    """Refuse to run a config that still holds a `???` value: a recipe marks with it what only the user can give
+    (stage 2's `model.pretrained`), and running without it would train a silently different model."""
+
+    def walk(node: Any, key: str) -> list[str]:
+        if isinstance(node, dict):
+            return [k for name, value in node.items() for k in walk(value, f"{key}.{name}" if key else str(name))]
+        if isinstance(node, (list, tuple)):
+            return [k for i, value in enumerate(node) for k in walk(value, f"{key}[{i}]")]
+        return [key] if node == MISSING else []
+
+    unset = walk(cfg.to_dict(), "")
+    if unset:
+        example = " ".join(f"{k}=VALUE" for k in unset)
+        raise ConfigError(f"the recipe leaves {', '.join(unset)} for you to set (marked {MISSING}); pass "
+                          f"{example} (its description says what is expected)")
 
 
 def _build(cls: type, raw: Any, prefix: str) -> Any:

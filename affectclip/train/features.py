@@ -33,7 +33,7 @@ import torch
 import torch.nn as nn
 from torch.utils.data import DataLoader, Dataset
 
-from affectclip.train.config import ConfigError, TrainConfig
+from affectclip.train.config import ConfigError, TrainConfig, require_set
 
 FORMAT_VERSION = 1
 SOURCE_PREFIX = "features:"
@@ -153,6 +153,7 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
     from affectclip.train.data import build_datasets
     from affectclip.train.loop import _resolve_device
 
+    require_set(cfg)
     require_frozen_towers(cfg)
     out = Path(out_dir)
     if (out / "index.json").exists() and not overwrite:

@@ -36,7 +36,7 @@ import yaml
 from torch.utils.data import DataLoader, IterableDataset, Sampler
 
 from affectclip.errors import RunError
-from affectclip.train.config import ConfigError, TrainConfig
+from affectclip.train.config import ConfigError, TrainConfig, require_set
 from affectclip.train.distributed import DistInfo, cleanup, init_distributed
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
@@ -369,6 +369,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     from affectclip.train.data import build_datasets, make_collate
     from affectclip.train.tasks import build_task
 
+    require_set(cfg)
     device = _resolve_device(cfg.run.device)
     info = init_distributed(device.type)
     if device.type == "cuda" and info.enabled:
