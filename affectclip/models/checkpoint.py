@@ -348,8 +348,10 @@ def average_checkpoints(
                     raise ValueError(f"{path}: tensor '{key}' holds NaN or inf; that checkpoint is broken, "
                                      "leave it out")
                 acc[key] = acc.get(key, 0) + weight * value.double()
-            elif key not in acc or key.endswith("num_batches_tracked"):
-                acc[key] = value if key not in acc else torch.maximum(acc[key], value)
+            elif key not in acc:
+                acc[key] = value
+            elif key.endswith("num_batches_tracked"):
+                acc[key] = torch.maximum(acc[key], value)
             elif not torch.equal(acc[key], value):
                 raise ValueError(f"{path}: integer tensor '{key}' differs from {paths[0]}'s; these are not "
                                  "checkpoints of one model")
