@@ -64,3 +64,30 @@ def test_wrong_merges_file_is_rejected(tmp_path):
         handle.write("header\na b\n")
     with pytest.raises(ValueError, match="not the CLIP merges file"):
         CLIPTokenizer(bpe_path=bad)
+
+
+def test_cached_tokenizer_matches_and_tokenises_each_distinct_text_once(bpe_path):
+    """The training loop's memo: identical rows, one tokenizer call per new distinct text, bounded, same errors."""
+    from affectclip.train.tasks import CachedTokenizer
+
+    plain = CLIPTokenizer(bpe_path=bpe_path)
+    texts = ["a happy face", "a sad face", "a happy face", " ".join(f"word{i}" for i in range(60))]
+    seen: list[list[str]] = []
+
+    def spy(batch):
+        seen.append(list(batch))
+        return plain(batch)
+
+    cached = CachedTokenizer(spy, max_entries=3)
+    assert torch.equal(cached(texts), CLIPTokenizer(bpe_path=bpe_path)(texts))
+    assert seen == [["a happy face", "a sad face", texts[3]]]
+    out = cached(["a sad face", "a happy face"])
+    assert torch.equal(out, plain(["a sad face", "a happy face"])) and len(seen) == 1  # served from the memo
+    out[:] = 0  # a caller editing its batch must not reach the memo
+    assert torch.equal(cached("a sad face"), plain("a sad face"))
+    cached(["an angry face"])  # a 4th distinct text: the memo (max 3) starts over instead of growing
+    assert seen[-1] == ["an angry face"] and len(cached._rows) == 1
+    cached.tokenizer = plain
+    assert cached.truncated == plain.truncated == 1 and cached.context_length == 77
+    with pytest.raises(TypeError, match="text 1 is a int"):
+        cached(["fine", 3])

@@ -49,3 +49,30 @@ def test_subject_masks_are_read_only_for_a_subject_token_model(tmp_path):
         train_ds, _, _ = build_datasets(cfg, model)
         sample = train_ds[0]
         assert ("mask" in sample) is has_mask and sample["image"].shape == (3, 64, 64)
+
+
+class _Draws(torch.utils.data.Dataset):
+    """Each sample is one draw of the (worker's) global RNG, as per-sample augmentation makes."""
+
+    def __len__(self) -> int:
+        return 8
+
+    def __getitem__(self, index: int) -> dict:
+        return {"index": index, "draw": torch.rand(3)}
+
+
+def test_loader_workers_draw_per_rank_augmentations_without_touching_the_global_rng():
+    from affectclip.train.config import load_config
+    from affectclip.train.loop import build_loader
+
+    cfg = load_config("demo", ["data.num_workers=1", "data.batch_size=4", "run.seed=5"])
+
+    def draws(rank: int) -> torch.Tensor:
+        loader = build_loader(_Draws(), list(range(8)), cfg, _info(rank), torch.device("cpu"))
+        return torch.cat([b["draw"] for b in loader])
+
+    before = torch.get_rng_state()
+    rank0, rank1 = draws(0), draws(1)
+    assert torch.equal(torch.get_rng_state(), before)  # a resumed run's main-process draws stay in step
+    assert torch.equal(draws(0), rank0)  # reproducible per rank
+    assert not torch.allclose(rank0, rank1)  # DDP ranks augment differently

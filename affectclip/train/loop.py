@@ -33,7 +33,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 import yaml
-from torch.utils.data import DataLoader, IterableDataset, Sampler
+from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from affectclip.errors import RunError
 from affectclip.train.config import ConfigError, TrainConfig, require_set
@@ -362,12 +362,23 @@ class _Logger:
             self.tb.close()
 
 
+def build_loader(train_ds: Dataset, sampler: Any, cfg: TrainConfig, info: DistInfo, device: torch.device) -> DataLoader:
+    """The training DataLoader. It owns its generator, seeded by run seed + rank: creating an iterator must not
+    consume the global RNG (or a resumed run's augmentation would drift from the uninterrupted run's), and
+    DataLoader workers of different ranks must draw different augmentations."""
+    from affectclip.train.data import make_collate
+
+    return DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
+                      collate_fn=make_collate(), drop_last=True, pin_memory=device.type == "cuda",
+                      generator=torch.Generator().manual_seed(cfg.run.seed + info.rank))
+
+
 def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool = False,
           overwrite: bool = False) -> dict[str, Any]:
     """Run a training config; returns the run summary (also written to run_summary.json)."""
     from affectclip.models.factory import create_model, get_tokenizer
-    from affectclip.train.data import build_datasets, make_collate
-    from affectclip.train.tasks import build_task
+    from affectclip.train.data import build_datasets
+    from affectclip.train.tasks import CachedTokenizer, build_task
 
     require_set(cfg)
     device = _resolve_device(cfg.run.device)
@@ -400,7 +411,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     model.to(device)
     if cfg.run.channels_last:
         model.to(memory_format=torch.channels_last)
-    tokenizer = get_tokenizer(model)
+    tokenizer = CachedTokenizer(get_tokenizer(model))  # captions repeat: tokenise each distinct one once
     if info.rank:  # other ranks draw their own data order and augmentation from here on
         seed_everything(cfg.run.seed + info.rank)
     train_ds, val_ds, classes = build_datasets(cfg, model)
@@ -429,12 +440,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     total_steps = steps_per_epoch * cfg.run.epochs
     if cfg.run.max_steps:
         total_steps = min(total_steps, cfg.run.max_steps)
-    loader = DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                        collate_fn=make_collate(), drop_last=True, pin_memory=device.type == "cuda",
-                        # own generator: creating an iterator must not consume the global RNG, or a resumed run's
-                        # augmentation would drift from the uninterrupted run's; per rank, so DataLoader workers of
-                        # different ranks draw different augmentations
-                        generator=torch.Generator().manual_seed(cfg.run.seed + info.rank))
+    loader = build_loader(train_ds, sampler, cfg, info, device)
 
     groups = param_groups(model, task, cfg)
     optimizer = build_optimizer(groups, cfg, device)
