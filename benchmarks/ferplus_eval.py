@@ -141,9 +141,9 @@ def evaluate(model_path: str, manifest_path: str, probe_train: int, batch_size: 
 
 
 def text_neighbours(model, tokenizer) -> dict[str, Any]:
-    """Which class's training words each held-out word is nearest to, in the text tower's raw sentence space (the
-    frozen MiniLM, before our projection) and in the joint space: a word already misplaced before the projection
-    is a limit of the text encoder, not of training. Nearest = highest cosine to any training adjective of a class,
+    """Which class's training words each held-out word is nearest to, in the text tower's raw sentence space
+    (MiniLM's own output before our projection, with any layers tuned in training) and in the joint space: a word
+    misplaced in the raw space is a limit of the text encoder, not of the projection. Nearest = highest cosine to any training adjective of a class,
     each inside "a photo of a {word} face"."""
     import torch
     import torch.nn.functional as F

@@ -15,11 +15,12 @@ where a full retrain takes 46 min. Variants:
   text noise 1.0     Gaussian noise (1 x each dimension's std) on the MiniLM vectors: a smoother text projection
   relational 10      + 10 x MSE between the batch captions' cosine matrix after and before the projection
   seed 1, seed 2     the refit with other seeds: the spread to read the other rows against
-  top layer 1e-4     MiniLM's last transformer layer trained too, at lr 1e-4 (its input, the 5th layer's output,
-                     is cached); the projections keep 1e-3. This became recipe `ferplus_text`.
+  top layer 1e-4     MiniLM's last transformer layer trained too, at lr 1e-4 (its input is rebuilt from the cached
+                     hidden states); the projections keep 1e-3. This became recipe `ferplus_text`.
 
 The text encoder of every variant is the package's pretrained MiniLM. The model's own heads (the first row) are
-evaluated through the same cache, which is exact for a frozen MiniLM or one with only its last layer tuned.
+evaluated through the same cache: the package MiniLM's hidden states below the model's k tuned layers are cached and
+the model's own k layers run on them, which is exact because the locked layers are the package's.
 
 Every row reports zero-shot WAR/UAR with the headline prompts (expclip5), with the canonical adjectives, and the
 mean UAR of the three held-out synonym sets (the same protocol and words as ferplus_eval.py; the words never occur
@@ -66,10 +67,11 @@ VARIANTS: dict[str, dict[str, Any]] = {
 
 @dataclass
 class Texts:
-    """Cached MiniLM views of some texts: the sentence vectors (mean-pooled last layer) and the last layer's input."""
+    """Cached MiniLM views of some texts: the sentence vectors (mean-pooled last layer) and the input of the last k
+    layers (k: the studied model's tuned layer count, at least 1)."""
 
     vectors: torch.Tensor  # [N, 384]
-    hidden: torch.Tensor  # [N, L, 384] fp16: output of the second-to-last layer
+    hidden: torch.Tensor  # [N, L, 384] fp16: input of MiniLM's last k layers
     mask: torch.Tensor  # [N, L] bool, real tokens
 
     def __getitem__(self, idx: torch.Tensor) -> Texts:
@@ -77,18 +79,21 @@ class Texts:
 
 
 class TextHead(nn.Module):
-    """proj(MiniLM sentence vector); with `top` (a trainable copy of MiniLM's last layer) proj(mean(top(hidden)))."""
+    """proj(MiniLM sentence vector); with `top` (MiniLM's last k layers, the tuned ones trainable)
+    proj(mean(top(hidden)))."""
 
-    def __init__(self, proj: nn.Module, top: nn.Module | None = None) -> None:
+    def __init__(self, proj: nn.Module, top: list[nn.Module] | None = None) -> None:
         super().__init__()
-        self.proj, self.top = proj, top
+        self.proj, self.top = proj, nn.ModuleList(top) if top else None
 
     def forward(self, texts: Texts) -> torch.Tensor:
         if self.top is None:
             return self.proj(texts.vectors)
         blocked = (~texts.mask)[:, None, None, :].float() * torch.finfo(torch.float32).min
-        out = self.top(texts.hidden.float(), attention_mask=blocked)
-        out = out[0] if isinstance(out, tuple) else out
+        out = texts.hidden.float()
+        for layer in self.top:
+            out = layer(out, attention_mask=blocked)
+            out = out[0] if isinstance(out, tuple) else out
         weights = texts.mask.unsqueeze(-1).float()
         return self.proj((out * weights).sum(1) / weights.sum(1).clamp_min(1.0))
 
@@ -96,16 +101,18 @@ class TextHead(nn.Module):
 @torch.no_grad()
 def cache(model_path: str, manifest: str, batch_size: int) -> tuple[dict[str, Any], tuple[nn.Module, nn.Module]]:
     """Backbone features and labels of train and valid, MiniLM views (`Texts`) of the train captions and of every
-    prompt, MiniLM's last layer; and the shipped model's own heads (to check the cache reproduces its numbers)."""
+    prompt, MiniLM's last k layers; and the studied model's own heads (to check the cache reproduces its numbers)."""
     from affectclip.models.factory import create_model, create_transforms, get_tokenizer
     from affectclip.models.text_minilm import load_minilm
 
     model = create_model(model_path).eval()
     text_cfg = model.config["text_cfg"]
-    if text_cfg.get("type") != "minilm" or (text_cfg.get("trainable") and text_cfg.get("trainable_layers") != 1):
-        raise SystemExit(f"{model_path}: this study needs a MiniLM text tower that is frozen or has only its last "
-                         "layer tuned (the cache holds the package MiniLM's 5th-layer output)")
-    pretrained = load_minilm().eval()  # the package's MiniLM: every variant's text encoder
+    if text_cfg.get("type") != "minilm":
+        raise SystemExit(f"{model_path}: this study needs a MiniLM text tower (text_cfg.type minilm)")
+    pretrained = load_minilm().eval().requires_grad_(False)  # the package's MiniLM: every variant's text encoder
+    n_layers = len(pretrained.encoder.layer)
+    tuned = (text_cfg.get("trainable_layers") or n_layers) if text_cfg.get("trainable") else 0
+    depth = max(tuned, 1)  # cache the input of the last `depth` layers
     tokenizer, tf = get_tokenizer(model), create_transforms(model, train=False)
 
     def raw(texts: list[str]) -> Texts:
@@ -116,11 +123,11 @@ def cache(model_path: str, manifest: str, batch_size: int) -> tuple[dict[str, An
             states = pretrained(input_ids=tokens, attention_mask=mask.long(), output_hidden_states=True)
             weights = mask.unsqueeze(-1).float()
             vectors = (states.last_hidden_state * weights).sum(1) / weights.sum(1).clamp_min(1.0)
-            parts.append(Texts(vectors, states.hidden_states[-2].half(), mask))
+            parts.append(Texts(vectors, states.hidden_states[-depth - 1].half(), mask))
         return Texts(*(torch.cat([getattr(p, f) for p in parts]) for f in ("vectors", "hidden", "mask")))
 
     out: dict[str, Any] = {"init_logit_scale": float(model.config["init_logit_scale"]),
-                           "top_layer": pretrained.encoder.layer[-1]}
+                           "top_layers": list(pretrained.encoder.layer[-depth:])}
     for split in ("train", "valid"):
         rows = ferplus_split(manifest, split)
         loader = torch.utils.data.DataLoader(dataset(rows, tf), batch_size=batch_size, collate_fn=list)
@@ -135,7 +142,8 @@ def cache(model_path: str, manifest: str, batch_size: int) -> tuple[dict[str, An
     out["adjective_prompts"] = {w: raw([t.format(c=w) for t in ADJ_TEMPLATES]) for w in words}
     headline = build_prompts(FERPLUS_CLASSES, "expclip5")
     out["expclip5"] = {c: raw(headline[c]) for c in FERPLUS_CLASSES}
-    return out, (model.visual.proj, TextHead(model.text.proj, model.text.bert.encoder.layer[-1]))
+    own_top = list(model.text.bert.encoder.layer[-tuned:]) if tuned else None
+    return out, (model.visual.proj, TextHead(model.text.proj, own_top))
 
 
 def fit(data: dict[str, Any], epochs: int, text_proj: bool = True, text_wd: float | None = None,
@@ -153,8 +161,9 @@ def fit(data: dict[str, Any], epochs: int, text_proj: bool = True, text_wd: floa
     if text_proj:
         nn.init.normal_(proj.weight, std=width**-0.5)
         nn.init.zeros_(proj.bias)
-    top = copy.deepcopy(data["top_layer"]).requires_grad_(True).train() if top_lr else None
-    text_head = TextHead(proj, top)
+    # the package's frozen layers between the cache and the last layer, then a trainable copy of the last layer
+    top = copy.deepcopy(data["top_layers"][-1]).requires_grad_(True).train() if top_lr else None
+    text_head = TextHead(proj, [*data["top_layers"][:-1], top] if top is not None else None)
     scale = nn.Parameter(torch.tensor(data["init_logit_scale"]))
     groups = [{"params": [*image_head.parameters(), scale], "weight_decay": wd, "lr": lr}]
     if text_proj:

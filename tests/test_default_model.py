@@ -70,12 +70,16 @@ def test_varied_ferplus_captions_vary_words_but_never_use_the_synonym_test_words
 def test_shipped_file_is_small_and_self_describing(model):
     assert DEFAULT.stat().st_size <= 20 * 2**20
     text = model.config["text_cfg"]
-    assert text["type"] == "minilm" and text["trainable"] is True and text["trainable_layers"] == 1
-    # the locked MiniLM layers come from their package; the tuned last layer is in the file
+    assert text["type"] == "minilm" and text["trainable"] is True
+    # the locked MiniLM layers come from their package; the tuned top layers are in the file, stored in fp16
+    tuned = list(range(6 - text["trainable_layers"], 6))
     with safe_open(str(DEFAULT), framework="pt") as f:
         keys = list(f.keys())
-    assert any(k.startswith("text.bert.encoder.layer.5.") for k in keys)
-    assert not any(k.startswith(("text.bert.embeddings.", "text.bert.encoder.layer.4.")) for k in keys)
+        stored = {f.get_tensor(k).dtype for k in keys if "num_batches_tracked" not in k}
+    assert all(any(k.startswith(f"text.bert.encoder.layer.{i}.") for k in keys) for i in tuned)
+    locked = ("text.bert.embeddings.", *(f"text.bert.encoder.layer.{i}." for i in range(tuned[0])))
+    assert not any(k.startswith(locked) for k in keys)
+    assert stored == {torch.float16} and all(p.dtype == torch.float32 for p in model.parameters())
     x = torch.rand(2, 3, model.config["vision_cfg"]["image_size"], model.config["vision_cfg"]["image_size"])
     f = model.encode_image(x)
     assert f.shape == (2, model.embed_dim) and torch.isfinite(f).all()

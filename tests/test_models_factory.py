@@ -102,6 +102,29 @@ def test_save_checkpoint_round_trip(tmp_path):
         save_checkpoint(model, tmp_path / "model.pt")
 
 
+def test_save_checkpoint_in_fp16_halves_the_file_and_loads_the_rounded_weights(tmp_path):
+    """A shipped model is stored in fp16: the loaded fp32 model must equal the original with its weights rounded
+    to fp16 (nothing else lost), and BatchNorm's integer step counters keep their type."""
+    model = create_model("tiny-cnn-minilm", external_weights=["text.bert."]).eval()
+    full = save_checkpoint(model, tmp_path / "fp32.safetensors")
+    half = save_checkpoint(model, tmp_path / "fp16.safetensors", dtype=torch.float16)
+    assert half.stat().st_size < 0.55 * full.stat().st_size
+    with safe_open(str(half), "pt") as handle:
+        dtypes = {k: handle.get_tensor(k).dtype for k in handle.keys()}
+    assert dtypes["visual.backbone.features.1.num_batches_tracked"] == torch.int64
+    assert {d for k, d in dtypes.items() if "num_batches_tracked" not in k} == {torch.float16}
+    loaded = create_model(half).eval()
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    with torch.no_grad():
+        for value in model.state_dict().values():
+            if value.is_floating_point():
+                value.copy_(value.half().float())
+        images = torch.rand(2, 3, 64, 64)
+        assert torch.equal(loaded.encode_image(images), model.encode_image(images))
+    with pytest.raises(ValueError, match="floating"):
+        save_checkpoint(model, tmp_path / "int.safetensors", dtype=torch.int8)
+
+
 def test_mismatched_state_dict_lists_keys(tmp_path):
     sd = create_model("tiny-vit").state_dict()
     sd.pop("visual.proj")

@@ -246,15 +246,23 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> 
 
 
 def save_checkpoint(
-    model: nn.Module, path: str | os.PathLike, extra_metadata: dict[str, Any] | None = None
+    model: nn.Module,
+    path: str | os.PathLike,
+    extra_metadata: dict[str, Any] | None = None,
+    dtype: torch.dtype | None = None,
 ) -> Path:
     """Write the model's weights and config to ONE .safetensors file (atomically: temp file, then rename), so
     `create_model(path)` re-creates it without any other file.
 
     Key prefixes listed in the config's `external_weights` (e.g. ["text.bert."] for a frozen MiniLM) are left out:
     building the model loads them from their own installed package, which keeps a shipped file small. Leaving out a
-    trainable parameter would lose trained weights, so that is an error."""
+    trainable parameter would lose trained weights, so that is an error.
+
+    `dtype` (e.g. torch.float16) stores the floating tensors in that type, halving a file that is shipped or sent;
+    loading casts them back into the model's own parameter dtype. Integer buffers keep their type."""
     path = Path(path)
+    if dtype is not None and not dtype.is_floating_point:
+        raise ValueError(f"dtype must be a floating type such as torch.float16; got {dtype}")
     if path.suffix != ".safetensors":
         raise ValueError(f"checkpoints are written as .safetensors; got '{path.name}'")
     config = getattr(model, "config", None)
@@ -272,8 +280,8 @@ def save_checkpoint(
     if trained:
         raise ValueError(f"external_weights {list(external)} covers trainable parameters ({_listed(trained)}); "
                          "their trained values would be lost: freeze them or drop the prefix from the config")
-    tensors = {k: v.detach().to("cpu").contiguous() for k, v in model.state_dict().items()
-               if not (external and k.startswith(external))}
+    tensors = {k: v.detach().to("cpu", dtype=dtype if dtype and v.is_floating_point() else v.dtype).contiguous()
+               for k, v in model.state_dict().items() if not (external and k.startswith(external))}
     return _write_atomic(tensors, path, metadata)
 
 
