@@ -6,8 +6,11 @@
 (ViT-B-32's CLIP tokenizer needs the BPE merges file: set AFFECTCLIP_BPE_PATH, see models/tokenizer.py.)
 
 For each config, in a fresh subprocess (so peak memory is per configuration):
-* `model fp32`: forward + CLIP loss + backward + AdamW on a fixed batch (no data loading), eager fp32;
-* `model fast`: the same with the fast path — bf16 autocast (TF32 and fused AdamW on CUDA); `--compile` adds
+* `model fp32`: forward + CLIP loss + backward + AdamW on a fixed batch (no data loading), eager fp32, with the
+  trainer's default optimizer (fused AdamW, on CPU as on CUDA) — the baseline of every ratio;
+* `model fp32-unfused`: the same with torch's default AdamW (per-tensor on CPU, foreach on CUDA), the trainer's
+  optimizer until fused became its CPU default (`optim.fused=false` still selects it);
+* `model fast`: fp32's step with the fast path — bf16 autocast (and TF32 on CUDA); `--compile` adds
   torch.compile;
 * `full loop`: `affectclip.train.loop.train` on synthetic faces written once as PNG files + a manifest (not timed),
   so decoding, augmentation, tokenisation and per-step JSONL logging are included; the model's own input size,
@@ -60,7 +63,8 @@ def flops_per_sample(cfg: dict) -> float:
     return 3.0 * sum(forward_flops(cfg))
 
 
-def _model_step_rate(config: str, batch: int, steps: int, fast: bool, device: str, compile_: bool) -> dict:
+def _model_step_rate(config: str, batch: int, steps: int, fast: bool, device: str, compile_: bool,
+                     fused: bool = True) -> dict:
     import torch
 
     from affectclip.losses.contrastive import ClipLoss
@@ -72,7 +76,6 @@ def _model_step_rate(config: str, batch: int, steps: int, fast: bool, device: st
     size = model.config["vision_cfg"]["image_size"]
     images = torch.randn(batch, 3, size, size, device=device)
     tokens = tok([f"an expression of emotion number {i}" for i in range(batch)]).to(device)
-    fused = device.startswith("cuda") and fast
     opt = torch.optim.AdamW(model.parameters(), lr=1e-5, fused=fused or None)
     loss_fn = ClipLoss()
     if device.startswith("cuda") and fast:
@@ -157,7 +160,8 @@ def run_one(args: argparse.Namespace) -> None:
     if args.mode in LOOP_VARIANTS:
         res = _full_loop_rate(args.one, args.batch, args.steps, args.device, args.workers, args.mode)
     else:
-        res = _model_step_rate(args.one, args.batch, args.steps, args.mode == "fast", args.device, args.compile)
+        res = _model_step_rate(args.one, args.batch, args.steps, args.mode == "fast", args.device, args.compile,
+                               fused=args.mode != "fp32-unfused")
     res["peak_rss_gb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20
     print("RESULT " + json.dumps(res))
 
@@ -172,7 +176,7 @@ def main() -> None:
     ap.add_argument("--workers", type=int, default=1, help="DataLoader worker processes of the full loop")
     ap.add_argument("--compile", action="store_true")
     ap.add_argument("--repeats", type=int, default=3, help="runs per mode (interleaved); the median is reported")
-    modes = ["fp32", "fast", *LOOP_VARIANTS]
+    modes = ["fp32", "fp32-unfused", "fast", *LOOP_VARIANTS]
     ap.add_argument("--modes", nargs="+", default=modes, choices=modes,
                     help="which measurements to run (fp32 is the baseline of the ratios and always runs)")
     ap.add_argument("--out", default="benchmarks/results/train_step.json")
@@ -202,12 +206,12 @@ def main() -> None:
         for mode, results in runs.items():  # the median run by rate, with every repeat's rate beside it
             results.sort(key=lambda r: r["samples_per_s"])
             row[mode] = {**results[len(results) // 2], "all_samples_per_s": [r["samples_per_s"] for r in results]}
-        for mode in ("fast", *LOOP_VARIANTS):
+        for mode in ("fp32-unfused", "fast", *LOOP_VARIANTS):
             if mode in row:
                 row[f"{mode}_vs_fp32"] = row[mode]["samples_per_s"] / row["fp32"]["samples_per_s"]
         rows.append(row)
         print(f"{config}: done", flush=True)
-    columns = ["fp32", "fast", *LOOP_VARIANTS]
+    columns = ["fp32", "fp32-unfused", "fast", *LOOP_VARIANTS]
     header = ("| config | batch | " + " | ".join(f"{m} samples/s" for m in columns) + " | "
               + " | ".join(f"{m}/fp32" for m in columns[1:]) + " | peak RSS GB (fp32) |")
     lines = [header, "|" + "---|" * (2 * len(columns) + 2)]

@@ -74,7 +74,8 @@ def test_a_recipe_inherits_its_base_and_overrides_only_what_it_names():
     one, two = load_config("ferplus"), load_config("ferplus_text")
     assert two.data == one.data and two.loss == one.loss and two.eval == one.eval
     assert two.model.overrides["vision_cfg"] == {"image_size": 80, "freeze_backbone": True}  # merged, not replaced
-    assert two.model.overrides["text_cfg"] == {"context_length": 32, "trainable": True, "trainable_layers": 1}
+    assert two.model.overrides["text_cfg"] == {"context_length": 32, "trainable": True, "trainable_layers": 3}
+    assert one.optim.fused is two.optim.fused is False  # the shipped weights were trained with per-tensor AdamW
     assert (two.run.epochs, two.optim.warmup_steps, two.optim.lr_text) == (3, 30, 1e-4)
     assert (two.optim.lr, two.run.best_metric) == (one.optim.lr, one.run.best_metric)
     assert two.description != one.description
@@ -101,7 +102,7 @@ def test_base_paths_resolve_next_to_the_recipe_and_errors_name_the_file(tmp_path
 
 
 def test_a_tuned_text_body_gets_its_own_learning_rate():
-    """`optim.lr_text` (recipe ferplus_text: 1e-4 for MiniLM's unlocked last layer) is kept apart from the projections'
+    """`optim.lr_text` (recipe ferplus_text: 1e-4 for MiniLM's unlocked top layers) is kept apart from the projections'
     rate; the locked layers are not handed to the optimiser at all."""
     import torch.nn as nn
 
@@ -112,8 +113,10 @@ def test_a_tuned_text_body_gets_its_own_learning_rate():
     model = create_model(cfg.model.name, **cfg.model.overrides)
     groups = {g["name"]: g for g in param_groups(model, nn.Module(), cfg)}
     text = [p for n in ("text_weights", "text_gain_bias") for p in groups[n]["params"]]
-    unlocked = [p for n, p in model.named_parameters() if n.startswith("text.bert.encoder.layer.5.")]
-    assert {id(p) for p in text} == {id(p) for p in unlocked}
+    n_layers, n_tuned = len(model.text.bert.encoder.layer), cfg.model.overrides["text_cfg"]["trainable_layers"]
+    top = tuple(f"text.bert.encoder.layer.{i}." for i in range(n_layers - n_tuned, n_layers))
+    unlocked = [p for n, p in model.named_parameters() if n.startswith(top)]
+    assert n_tuned < n_layers and {id(p) for p in text} == {id(p) for p in unlocked}
     assert groups["text_weights"]["lr"] == groups["text_gain_bias"]["lr"] == 1e-4
     assert groups["weights"]["lr"] == 5e-4
     assert id(model.text.proj.weight) in {id(p) for p in groups["weights"]["params"]}

@@ -175,6 +175,34 @@ def test_feature_caching_accumulation_equals_one_big_batch(tmp_path):
     assert not torch.equal(wa["visual.proj"], init["visual.proj"]), "the step should have moved the weights"
 
 
+def test_cpu_training_uses_fused_adamw_and_trains_the_same_model(tmp_path):
+    """On CPU the default AdamW is torch's fused kernel (several times faster per step than its per-tensor loop,
+    benchmarks/train_step.py). It must train the same model: optim.fused=false gives the same losses and weights up
+    to float round-off."""
+    from affectclip.train.loop import build_optimizer
+
+    params = [{"params": [torch.nn.Parameter(torch.zeros(3))]}]
+    assert build_optimizer(params, load_config("demo", TINY), torch.device("cpu")).defaults["fused"] is True
+    assert not build_optimizer(params, load_config("demo", [*TINY, "optim.fused=false"]),
+                               torch.device("cpu")).defaults["fused"]
+    overrides = [*TINY, "run.epochs=1"]
+    train(load_config("demo", overrides), tmp_path / "fused")
+    train(load_config("demo", [*overrides, "optim.fused=false"]), tmp_path / "per_tensor")
+    a, b = _losses(tmp_path / "fused"), _losses(tmp_path / "per_tensor")
+    assert sorted(a) == sorted(b) == list(range(1, 7))
+    for step in a:
+        assert a[step] == pytest.approx(b[step], rel=1e-4), f"loss differs at step {step}"
+    # compare what the models compute: Adam turns the round-off-sized gradients of attention's key bias (which the
+    # softmax ignores) into full-size steps of either sign, so those weights differ without changing any output
+    from affectclip.models.factory import create_model, get_tokenizer
+
+    fused, per_tensor = (create_model(tmp_path / run / "model.safetensors").eval() for run in ("fused", "per_tensor"))
+    images, tokens = torch.rand(4, 3, 64, 64), get_tokenizer(fused)(["a happy face", "a sad face"])
+    with torch.no_grad():
+        torch.testing.assert_close(fused.encode_image(images), per_tensor.encode_image(images), atol=1e-4, rtol=1e-3)
+        torch.testing.assert_close(fused.encode_text(tokens), per_tensor.encode_text(tokens), atol=1e-4, rtol=1e-3)
+
+
 def test_plot_draws_the_curves_of_a_run(tmp_path):
     from affectclip.train.plot import plot_run
 

@@ -153,7 +153,7 @@ def param_groups(model: nn.Module, task: nn.Module, cfg: TrainConfig) -> list[di
 def build_optimizer(groups: list[dict[str, Any]], cfg: TrainConfig, device: torch.device) -> torch.optim.Optimizer:
     o = cfg.optim
     if o.name == "adamw":
-        fused = o.fused if o.fused is not None else device.type == "cuda"
+        fused = o.fused if o.fused is not None else device.type in ("cuda", "cpu")
         return torch.optim.AdamW(groups, lr=o.lr, betas=tuple(o.betas), eps=o.eps, weight_decay=o.weight_decay,
                                  fused=fused or None)
     if o.name == "sgd":
