@@ -143,8 +143,8 @@ def evaluate(model_path: str, manifest_path: str, probe_train: int, batch_size: 
 def text_neighbours(model, tokenizer) -> dict[str, Any]:
     """Which class's training words each held-out word is nearest to, in the text tower's raw sentence space
     (MiniLM's own output before our projection, with any layers tuned in training) and in the joint space: a word
-    misplaced in the raw space is a limit of the text encoder, not of the projection. Nearest = highest cosine to any training adjective of a class,
-    each inside "a photo of a {word} face"."""
+    misplaced in the raw space is a limit of the text encoder, not of the projection. Nearest = highest cosine to
+    any training adjective of a class, each inside "a photo of a {word} face"."""
     import torch
     import torch.nn.functional as F
 
