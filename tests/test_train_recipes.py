@@ -54,10 +54,6 @@ RECIPES = {
         "optim.lr_logit_scale=0.002", "data.synthetic={n_train: 3072, n_val: 256, image_size: 64, seed: 0}",
         "loss.mining={guide: cross, encoder: ema, ema_momentum: 0.9, threshold_text: 0.9, threshold_image: 0.9, "
         "top_k: 2, weight: 0.5, warmup_frac: 0.2}",
-        # per-tensor AdamW keeps the trajectory the mouth-attention check below was written on: that check is NOT
-        # robust (stop 17: hit rate 0.14-0.26 against chance 0.19 over seeds 0-2 and both AdamW kernels; attention
-        # mass on the mouth 0.16-0.23 against its 0.19 area share), so it only guards this one run. Open item.
-        "optim.fused=false",
     ],
 }
 
@@ -66,52 +62,58 @@ def _run(name: str, tmp_path):
     cfg = load_config(name, COMMON + RECIPES[name])
     summary = train(cfg, tmp_path / name)
     log = [json.loads(line) for line in (tmp_path / name / "log.jsonl").read_text().splitlines()]
-    return summary, [r["loss"] for r in log if "loss" in r]
+    return summary, log
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(RECIPES))
 def test_recipe_learns_on_synthetic_faces(name, tmp_path):
-    summary, losses = _run(name, tmp_path)
+    summary, log = _run(name, tmp_path)
+    losses = [r["loss"] for r in log if "loss" in r]
     assert np.mean(losses[-5:]) < np.mean(losses[:5]) - 0.1, f"{name}: loss did not fall ({losses[:5]} -> {losses[-5:]})"
     val = summary["validation"][-1]
     assert val["n_samples"] == 256
     assert val["uar"] > 1.6 * CHANCE, f"{name}: zero-shot UAR {val['uar']:.1f} is not clearly above chance {CHANCE:.1f}"
     if name == "emocapclip":
-        _check_local_attention(summary["model"])
+        local = [r["loss_loc"] for r in log if "loss_loc" in r]
+        assert np.mean(local[-5:]) < np.mean(local[:5]) - 0.3, f"local loss did not fall ({local[:5]} -> {local[-5:]})"
+        auc = _local_branch_auc(summary["model"])
+        assert auc > 0.75, f"the local branch ranks same-expression captions above others with AUC {auc:.2f} only"
 
 
-def _check_local_attention(model) -> None:
-    """The local branch's attention for a mouth sentence peaks on the mouth more often than chance."""
+def _local_branch_auc(model) -> float:
+    """How well the local branch alone (sentence-conditioned patch pooling, `local_similarity`) tells a held-out
+    face's own expression from others: the mean over faces of P(sim to a same-label face's local sentences > sim to
+    a different-label face's).
+
+    Measured over seeds 0-2 (stop 18): 0.84-0.87 with the recipe, against 0.50-0.65 with the local loss switched off
+    (`loss.global_local.w_loc=0`, the global branch alone). Not asserted: *where* the attention falls. With this
+    tiny CNN every one of its 4 x 4 cells sees the whole 64 px face, and no recipe variant we tried (more epochs, a
+    larger local weight, 8 x 8 and 16 x 16 grids) made a mouth sentence's attention peak on the mouth reliably more
+    often than chance (hit rates 0.05-0.38 against chance levels of 0.07-0.19)."""
     from affectclip.data.synthetic import SyntheticFaceDataset
-    from affectclip.losses.global_local import attention_maps
+    from affectclip.losses.global_local import local_similarity
     from affectclip.models.factory import create_transforms, get_tokenizer
 
-    ds = SyntheticFaceDataset(96, "test", seed=1, image_size=64, transform=create_transforms(model))
-    tok = get_tokenizer(model)
-    rows, cols = model.visual.grid_size
-    hits, chance = [], []
+    ds = SyntheticFaceDataset(256, "test", seed=1, image_size=64, transform=create_transforms(model))
+    samples = [ds[i] for i in range(len(ds))]
+    k = max(len(s["caption"]["local"]) for s in samples)
+    sentences = [(s["caption"]["local"] + [""] * k)[:k] for s in samples]
     model.eval()
     with torch.no_grad():
-        for i in range(len(ds)):
-            s = ds[i]
-            mouth = [c for c, r in zip(s["caption"]["local"], s["local_regions"], strict=True) if r == "mouth"]
-            if not mouth:
-                continue
-            patches = model.encode_dense(s["image"][None])
-            sent = model.encode_text(tok(mouth[:1]))[None]
-            attn = attention_maps(patches, sent)[0, 0]  # [P]
-            x0, y0, x1, y1 = s["regions"]["mouth"]
-            cell_h, cell_w = 64 / rows, 64 / cols
-            inside = np.zeros(rows * cols, dtype=bool)
-            for p in range(rows * cols):
-                r, c = divmod(p, cols)
-                cy, cx = (r + 0.5) * cell_h, (c + 0.5) * cell_w
-                inside[p] = (x0 - cell_w / 2 <= cx <= x1 + cell_w / 2) and (y0 - cell_h / 2 <= cy <= y1 + cell_h / 2)
-            hits.append(bool(inside[int(attn.argmax())]))
-            chance.append(inside.mean())
-    assert len(hits) >= 20
-    assert np.mean(hits) > np.mean(chance), f"mouth attention hit rate {np.mean(hits):.2f} vs chance {np.mean(chance):.2f}"
+        patches = model.encode_dense(torch.stack([s["image"] for s in samples]))
+        text = model.encode_text(get_tokenizer(model)([t for row in sentences for t in row])).reshape(len(ds), k, -1)
+        real = torch.tensor([[j < len(s["caption"]["local"]) for j in range(k)] for s in samples])
+        sim = local_similarity(patches, text, real).numpy()  # [faces, captions]
+    labels = np.array([s["label"] for s in samples])
+    aucs = []
+    for i in range(len(ds)):
+        same = labels == labels[i]
+        same[i] = False
+        pos, neg = sim[i, same], sim[i, labels != labels[i]]
+        if len(pos) and len(neg):
+            aucs.append((pos[:, None] > neg[None, :]).mean())
+    return float(np.mean(aucs))
 
 
 def test_emotionclip_recipe_trains_the_vit_subject_token_from_data_masks(tmp_path):
