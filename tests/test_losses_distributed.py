@@ -76,6 +76,16 @@ def _worker(rank: int, init_file: str, out_dir: str) -> None:
                 g /= WORLD
             dist.all_reduce(loss)
             results[(local_loss, with_grad, name)] = (loss / WORLD, grads)
+    # uneven shards (a rank dropped unreadable samples): 5 + 3 rows; sample-weighted, the ranks' losses add up to
+    # the one-process loss only if every shard is gathered whole, without padding, and each rank's rows are offset
+    uneven = slice(0, 5) if rank == 0 else slice(5, N)
+    for local_loss, with_grad in [*CONFIGS, (True, False)]:
+        for name, kwargs in (("hard", {}), ("soft", {"targets": targets})):
+            loss_fn = ClipLoss(local_loss=local_loss, gather_with_grad=with_grad, rank=rank, world_size=WORLD)
+            loss = _step(loss_fn, encoder, log_scale, image_in[uneven], text_in[uneven], **kwargs)[0]
+            weighted = loss * (uneven.stop - uneven.start) / N
+            dist.all_reduce(weighted)
+            results[("uneven", local_loss, with_grad, name)] = weighted
     # EmotionCLIP's released setting: global loss, no gradient through the gather, sentiment gathered too.
     reweighted = SentimentGuidedClipLoss(lam=10.0, rank=rank, world_size=WORLD)
     results["sentiment"] = _step(
@@ -109,6 +119,17 @@ def test_distributed_loss_and_grads_equal_single_process(distributed_results, lo
         assert torch.allclose(loss, ref_loss, atol=1e-6)
         for got, want in zip(grads, ref_grads, strict=True):
             assert torch.allclose(got, want, atol=1e-6), (got - want).abs().max()
+
+
+@pytest.mark.parametrize("local_loss,with_grad", [*CONFIGS, (True, False)])
+@pytest.mark.parametrize("targets", ["hard", "soft"])
+def test_ranks_holding_different_sample_counts_give_the_one_process_loss(distributed_results, local_loss, with_grad,
+                                                                           targets):
+    image_in, text_in, encoder, log_scale, soft, _ = _setup()
+    kwargs = {"targets": soft} if targets == "soft" else {}
+    ref_loss = _step(ClipLoss(), encoder, log_scale, image_in, text_in, **kwargs)[0]
+    for rank_results in distributed_results:
+        assert torch.allclose(rank_results[("uneven", local_loss, with_grad, targets)], ref_loss, atol=1e-6)
 
 
 def test_distributed_sentiment_loss_uses_the_global_batch(distributed_results):

@@ -143,20 +143,72 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
 
 @pytest.mark.slow
 def test_two_process_gloo_training_equals_one_process(tmp_path):
-    """torchrun with 2 CPU ranks (gloo, gathered local loss, DDP) ends at the weights of 1 process on the same batches."""
-    overrides = [*TINY, "run.epochs=1", "data.batch_size=16"]
+    """torchrun with 2 CPU ranks (gloo, gathered local loss, DDP) ends at the weights of 1 process on the same batches,
+    and validates as 1 process does: every rank encodes its share of the split (37 faces: uneven), the metrics count
+    each face once, and only rank 0 writes the log and best.safetensors. (Validation on rank 0 alone deadlocked:
+    the extraction's gather waited for rank 1.)"""
+    with_val = ["data.val=synthetic", "data.synthetic={n_train: 96, n_val: 37, image_size: 64, seed: 0}"]
+    overrides = [*TINY, *with_val, "run.epochs=1", "data.batch_size=16"]
     single = tmp_path / "single"
-    train(load_config("demo", [*overrides[:-1], "data.batch_size=32"]), single)
+    one = train(load_config("demo", [*overrides[:-1], "data.batch_size=32"]), single)
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affectclip.cli",
            "train", "demo", *overrides, "--output", str(tmp_path / "ddp")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
     summary = json.loads((tmp_path / "ddp" / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
     wa, wb = load_file(single / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
     for k in wa:
         torch.testing.assert_close(wa[k], wb[k], atol=2e-4, rtol=1e-3, msg=f"weight {k} differs between 1 and 2 processes")
+    (val,) = summary["validation"]
+    assert val["n_samples"] == one["validation"][0]["n_samples"] == 37
+    assert val["confusion_matrix"] == one["validation"][0]["confusion_matrix"]
+    val_lines = [ln for ln in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines() if '"val_war"' in ln]
+    assert len(val_lines) == 1, "only rank 0 logs validation"
+    assert (tmp_path / "ddp" / "best.safetensors").is_file()
+
+
+@pytest.mark.slow
+def test_two_process_run_reports_every_ranks_unreadable_samples_once(tmp_path):
+    """Each rank reads its own share of the data; run_summary.json (written by rank 0) must still list the corrupt
+    files rank 1 met, and the CLI prints the run's report once, not once per rank."""
+    from affectclip.data.synthetic import write_synthetic_dataset
+
+    manifest = write_synthetic_dataset(tmp_path / "data", 64, 0, seed=0)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for r in rows[:6]:
+        (manifest.parent / r["path"]).write_bytes(b"not a png")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affectclip.cli",
+           "train", "demo", *TINY, "run.epochs=1", f"data.train={manifest}", "--output", str(tmp_path / "ddp")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "run_summary.json").read_text())
+    assert summary["world_size"] == 2 and summary["bad_samples"] == 6 == summary["bad_reads"]
+    assert sorted(b["index"] for b in summary["bad_sample_list"]) == list(range(6))
+    assert res.stdout.count("6 samples could not be read") == 1 and res.stdout.count("trained 2 steps") == 1
+
+
+@pytest.mark.slow
+def test_two_process_run_skips_together_a_batch_one_rank_could_not_read_at_all(tmp_path):
+    """With 2 faces per rank and 3 of 4 files corrupt, some steps find one rank's batch entirely unreadable: every
+    rank must skip that step together (a rank stepping alone waited forever in its collectives)."""
+    from affectclip.data.synthetic import write_synthetic_dataset
+
+    manifest = write_synthetic_dataset(tmp_path / "data", 32, 0, seed=0)
+    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
+    for r in rows[:24]:
+        (manifest.parent / r["path"]).write_bytes(b"not a png")
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affectclip.cli",
+           "train", "demo", *TINY, "run.epochs=1", "data.batch_size=2", f"data.train={manifest}",
+           "--output", str(tmp_path / "ddp")]
+    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    summary = json.loads((tmp_path / "ddp" / "run_summary.json").read_text())
+    assert summary["bad_samples"] == 24
+    assert 1 <= summary["steps"] < 8, summary["steps"]  # 8 batches per rank; those with a fully unreadable rank skipped
 
 
 def test_feature_caching_accumulation_equals_one_big_batch(tmp_path):

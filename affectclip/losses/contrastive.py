@@ -71,33 +71,63 @@ def gather_features(
 
     Returns the gathered tensors in the order given. With ``gather_with_grad`` the gather is differentiable
     (gradients flow back to the rank that produced each shard); otherwise ``dist.all_gather`` is used and this
-    rank's own shard is re-inserted so that at least the local slice keeps its gradient. Every rank must hold the
-    same number of samples (use ``drop_last`` in the sampler).
+    rank's own shard is re-inserted so that at least the local slice keeps its gradient. Ranks may hold different
+    numbers of samples (a rank drops the unreadable samples of its batch): see ``gather_tensor``.
     """
+    sizes = rank_sizes(len(image), image.device, world_size)
     return tuple(
-        gather_tensor(t, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size)
+        gather_tensor(t, gather_with_grad=gather_with_grad, rank=rank, world_size=world_size, sizes=sizes)
         for t in (image, text, *extra)
     )
 
 
-def gather_tensor(
-    tensor: torch.Tensor, gather_with_grad: bool = False, rank: int = 0, world_size: int = 1
-) -> torch.Tensor:
-    """All-gather one per-sample tensor along dim 0 (see ``gather_features``); identity when world_size == 1."""
+def rank_sizes(n: int, device: torch.device | str, world_size: int) -> list[int]:
+    """Every rank's number of samples, in rank order (one small all-gather; ``[n]`` on one process)."""
     if world_size == 1:
-        return tensor
+        return [n]
+    _require_process_group(world_size)
+    mine = torch.tensor([n], dtype=torch.long, device=device)
+    parts = [torch.zeros_like(mine) for _ in range(world_size)]
+    dist.all_gather(parts, mine)
+    return torch.cat(parts).tolist()
+
+
+def _require_process_group(world_size: int) -> None:
     if not (dist.is_available() and dist.is_initialized()):
         raise RuntimeError(
             f"gathering features with world_size={world_size} needs an initialised torch.distributed process group"
         )
+
+
+def gather_tensor(
+    tensor: torch.Tensor,
+    gather_with_grad: bool = False,
+    rank: int = 0,
+    world_size: int = 1,
+    sizes: list[int] | None = None,
+) -> torch.Tensor:
+    """All-gather one per-sample tensor along dim 0 (see ``gather_features``); identity when world_size == 1.
+
+    Collectives need equal shapes, so a shorter shard is zero-padded to the longest and every shard is cut back to
+    its rank's size after the gather; ``sizes`` (from ``rank_sizes``) saves the exchange when already known.
+    """
+    if world_size == 1:
+        return tensor
+    sizes = sizes if sizes is not None else rank_sizes(len(tensor), tensor.device, world_size)
+    if sizes[rank] != len(tensor):
+        raise ValueError(f"rank {rank} holds {len(tensor)} samples but sizes says {sizes[rank]}")
+    padded = tensor
+    if len(tensor) < max(sizes):
+        padded = torch.cat([tensor, tensor.new_zeros((max(sizes) - len(tensor), *tensor.shape[1:]))])
     if gather_with_grad:
         from torch.distributed.nn.functional import all_gather
 
-        return torch.cat(all_gather(tensor), dim=0)
-    shards = [torch.zeros_like(tensor) for _ in range(world_size)]
-    dist.all_gather(shards, tensor.contiguous())
-    shards[rank] = tensor
-    return torch.cat(shards, dim=0)
+        shards = list(all_gather(padded))
+    else:
+        shards = [torch.zeros_like(padded) for _ in range(world_size)]
+        dist.all_gather(shards, padded.contiguous())
+        shards[rank] = padded
+    return torch.cat([shard[:n] for shard, n in zip(shards, sizes, strict=True)], dim=0)
 
 
 @fp32
@@ -190,17 +220,22 @@ class ClipLoss(nn.Module):
         self.world_size = world_size
 
     def gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
-        """Gather per-sample tensors from all ranks with this loss's settings (identity on one process)."""
+        """Gather per-sample tensors (same length) from all ranks with this loss's settings (identity on one
+        process)."""
+        sizes = rank_sizes(len(tensors[0]), tensors[0].device, self.world_size)
         return tuple(
             gather_tensor(
-                t, gather_with_grad=self.gather_with_grad, rank=self.rank, world_size=self.world_size
+                t, gather_with_grad=self.gather_with_grad, rank=self.rank, world_size=self.world_size, sizes=sizes
             )
             for t in tensors
         )
 
-    def row_offset(self, n_local: int) -> int:
-        """Index of this rank's first row in the global batch when computing local rows, else 0."""
-        return self.rank * n_local if self.local_loss and self.world_size > 1 else 0
+    def row_offset(self, local: torch.Tensor) -> int:
+        """Index of this rank's first row in the global batch when computing local rows, else 0 (``local``: this
+        rank's per-sample tensor; the ranks before it may hold other sample counts)."""
+        if not (self.local_loss and self.world_size > 1):
+            return 0
+        return sum(rank_sizes(len(local), local.device, self.world_size)[: self.rank])
 
     @fp32
     def logits(
@@ -240,4 +275,4 @@ class ClipLoss(nn.Module):
     ) -> torch.Tensor:
         """Scalar loss. ``logit_scale`` is already exponentiated; ``targets`` cover the global batch."""
         logits_i2t, logits_t2i = self.logits(image_features, text_features, logit_scale)
-        return symmetric_loss(logits_i2t, logits_t2i, targets, self.row_offset(len(image_features)))
+        return symmetric_loss(logits_i2t, logits_t2i, targets, self.row_offset(image_features))

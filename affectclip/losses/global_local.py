@@ -197,7 +197,7 @@ class GlobalLocalLoss(nn.Module):
             (all_image, all_patches),
             (all_sentences, all_mask),
         )
-        offset = self.clip.row_offset(len(image_global))
+        offset = self.clip.row_offset(image_global)
         n_all = len(all_mask)
         caption_valid = all_mask.any(-1)
         rows_valid = caption_valid[offset : offset + len(logits_i2t)]

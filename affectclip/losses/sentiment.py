@@ -81,7 +81,7 @@ class SentimentGuidedClipLoss(ClipLoss):
     ) -> torch.Tensor:
         """Scalar loss; ``sentiment_probs`` [n_local, C] are this rank's caption emotion distributions."""
         logits_i2t, logits_t2i = self.logits(image_features, text_features, logit_scale)
-        offset = self.row_offset(len(image_features))
+        offset = self.row_offset(image_features)
         if self.lam > 0:
             if sentiment_probs is None or len(sentiment_probs) != len(image_features):
                 raise ValueError(

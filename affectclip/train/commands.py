@@ -82,6 +82,8 @@ def _run(cfg, output: str, resume: bool = False, overwrite: bool = False) -> dic
 def _train(args: argparse.Namespace) -> int:
     cfg = _load(args.config, args.overrides)
     summary = _run(cfg, args.output, args.resume, args.overwrite)
+    if summary["rank"]:  # torchrun: rank 0 reports for the run
+        return 0
     start = summary["start_step"]
     resumed = f" (resumed at step {start}, trained to {summary['steps']})" if start else ""
     print(f"trained {summary['steps'] - start} steps{resumed} in {summary['seconds']:.1f} s "

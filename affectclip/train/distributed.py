@@ -40,12 +40,23 @@ def init_distributed(device_type: str) -> DistInfo:
     return DistInfo(rank, world, local_rank)
 
 
-def all_reduce_mean(value: float, info: DistInfo) -> float:
+def all_ranks_have_samples(has_samples: bool, info: DistInfo, device: torch.device) -> bool:
+    """Whether every rank's batch holds at least one readable sample (one small all-reduce per batch when
+    distributed). Ranks may hold different numbers of samples (the loss gathers uneven shards), but not none."""
     if not info.enabled:
-        return value
-    t = torch.tensor([value], dtype=torch.float64)
-    dist.all_reduce(t)
-    return float(t.item()) / info.world_size
+        return has_samples
+    flag = torch.tensor([int(has_samples)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def gather_lists(items: list, info: DistInfo) -> list:
+    """Every rank's `items` concatenated in rank order, on every rank (picklable entries; identity on one process)."""
+    if not info.enabled:
+        return items
+    parts: list = [None] * info.world_size
+    dist.all_gather_object(parts, items)
+    return [x for part in parts for x in part]
 
 
 def cleanup(info: DistInfo) -> None:

@@ -37,7 +37,13 @@ from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
 from affectclip.errors import RunError
 from affectclip.train.config import ConfigError, TrainConfig, require_set
-from affectclip.train.distributed import DistInfo, cleanup, init_distributed
+from affectclip.train.distributed import (
+    DistInfo,
+    all_ranks_have_samples,
+    cleanup,
+    gather_lists,
+    init_distributed,
+)
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -480,8 +486,8 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
             for batch in itertools.islice(loader, max(0, steps_per_epoch * cfg.run.accum_freq - skip)):
                 errors.extend(batch.pop("errors", []))
                 batch_index += 1
-                if "index" not in batch:  # every sample of this batch failed to load
-                    continue
+                if not all_ranks_have_samples("index" in batch, info, device):  # every sample failed on some rank:
+                    continue  # all ranks skip it together (a rank that stepped alone would wait in its collectives)
                 micro.append(task.prepare(batch, device))
                 if len(micro) < cfg.run.accum_freq:
                     continue
@@ -514,17 +520,20 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
                     break
             position["batch"] = 0
             last_epoch = epoch + 1 == cfg.run.epochs or step >= total_steps
-            if val_ds is not None and info.is_main and ((epoch + 1) % cfg.run.eval_every_epochs == 0 or last_epoch):
+            if val_ds is not None and ((epoch + 1) % cfg.run.eval_every_epochs == 0 or last_epoch):
+                # every rank validates: extraction splits the split across ranks and gathers it (a collective, so
+                # a rank that skipped it would leave the others waiting); all ranks get the same metrics
                 res = validate(model, tokenizer, val_ds, classes, cfg, device)
                 res.update(step=step, epoch=epoch + 1)
                 val_results.append(res)
                 logger.log({"step": step, **{f"val_{k}": v for k, v in res.items() if isinstance(v, (int, float))}})
                 metric = res.get(cfg.run.best_metric or "", None)
-                if out is not None and metric is not None and metric > best:
-                    from affectclip.models.checkpoint import save_checkpoint
-
+                if metric is not None and metric > best:
                     best = metric
-                    save_checkpoint(model, out / "best.safetensors", {"step": step, cfg.run.best_metric: metric})
+                    if out is not None and info.is_main:
+                        from affectclip.models.checkpoint import save_checkpoint
+
+                        save_checkpoint(model, out / "best.safetensors", {"step": step, cfg.run.best_metric: metric})
             if out is not None and info.is_main:
                 save_training_state(out, model, task, optimizer, scaler,
                                     {"step": step, "epoch": epoch + 1, "batch": 0, "best": _finite(best)},
@@ -534,6 +543,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
             progress.close()
         logger.close()
 
+    errors = gather_lists(errors, info)  # each rank read its own share of the data; rank 0 reports them all
     bad: dict[tuple[Any, Any], dict[str, Any]] = {}  # one entry per unreadable sample, however often it was drawn
     for e in errors:
         bad.setdefault((e.get("path"), e.get("index")), {**e, "reads": 0})["reads"] += 1
@@ -553,7 +563,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
         save_checkpoint(model, out / "model.safetensors")
         _atomic_write(out / "run_summary.json", json.dumps(summary, indent=2, default=str))
     cleanup(info)
-    summary["model"] = model
+    summary["model"], summary["rank"] = model, info.rank
     return summary
 
 
