@@ -19,6 +19,7 @@ All reductions run in fp32 even under autocast: logits are formed from fp32 copi
 from __future__ import annotations
 
 import functools
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -122,7 +123,9 @@ def gather_tensor(
     if gather_with_grad:
         from torch.distributed.nn.functional import all_gather
 
-        shards = list(all_gather(padded))
+        with warnings.catch_warnings():  # deprecated in favour of a private API (_functional_collectives): keep the
+            warnings.simplefilter("ignore", FutureWarning)  # public one, without a warning in every user's run
+            shards = list(all_gather(padded))
     else:
         shards = [torch.zeros_like(padded) for _ in range(world_size)]
         dist.all_gather(shards, padded.contiguous())
