@@ -253,15 +253,13 @@ class GlobalLocalTask(Task):
         from affectclip.losses.global_local import GlobalLocalLoss
         from affectclip.losses.mining import EMAEncoder, PositiveMiner
 
-        if info.world_size > 1:
-            raise ConfigError("the global_local task runs on one process for now; use loss.name=clip for multi-GPU")
         gl = dict(cfg.loss.global_local)
         self.global_text = gl.pop("global_text", "mean_gs")
         self.sample_k = int(gl.pop("sample_k", 3))
         if self.global_text not in self.GLOBAL_TEXT:
             raise ConfigError(f"loss.global_local.global_text '{self.global_text}' is unknown; use one of "
                               f"{', '.join(self.GLOBAL_TEXT)}")
-        self.loss_fn = GlobalLocalLoss(**gl)
+        self.loss_fn = GlobalLocalLoss(**gl, **loss_dist_args(cfg, info))
         mining = dict(cfg.loss.mining)
         encoder = mining.pop("encoder", "ema")
         momentum = mining.pop("ema_momentum", 0.999)
@@ -327,14 +325,16 @@ class GlobalLocalTask(Task):
 
     def loss(self, f: dict[str, Any], step: int, total_steps: int) -> dict[str, torch.Tensor]:
         targets = None
-        if self.miner.active(step, total_steps):
+        if self.miner.active(step, total_steps):  # positives are mined over the global batch (all ranks)
             if self.miner.guide == "labels":
-                eye = torch.eye(len(f["labels"]), device=f["labels"].device)
-                targets = self.miner.targets(eye, eye, step, total_steps, labels=f["labels"])
+                (labels,) = self.loss_fn.clip.gather(f["labels"])
+                eye = torch.eye(len(labels), device=labels.device)
+                targets = self.miner.targets(eye, eye, step, total_steps, labels=labels)
             else:
-                text_sim = f["mine_text"] @ f["mine_text"].T
-                image_sim = f["mine_image"] @ f["mine_image"].T
-                targets = self.miner.targets(text_sim, image_sim, step, total_steps, labels=f["labels"])
+                labels, mine_text, mine_image = self.loss_fn.clip.gather(f["labels"], f["mine_text"], f["mine_image"])
+                text_sim = mine_text @ mine_text.T
+                image_sim = mine_image @ mine_image.T
+                targets = self.miner.targets(text_sim, image_sim, step, total_steps, labels=labels)
         out = self.loss_fn(f["image"], f["patches"], f["text"], f["local"], f["local_mask"], f["scale"],
                            targets=targets)
         for name, value in self.miner.last_diagnostics.items():
