@@ -93,6 +93,14 @@ def test_zero_shot_validation_on_the_cache_equals_re_encoding(cache):
     assert validate(model, args[0], cached, *args[1:]) == validate(model, args[0], pixels, *args[1:])
 
 
+def test_building_the_cache_under_torchrun_is_refused_before_any_write(tmp_path, monkeypatch):
+    """Each rank would encode the whole split and write the same files; one process builds the cache."""
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    with pytest.raises(ConfigError, match="without torchrun"):
+        build_feature_cache(load_config("emoclip", TINY), tmp_path / "cache")
+    assert not (tmp_path / "cache").exists()
+
+
 def test_stale_cache_and_trainable_towers_are_refused(cache, tmp_path):
     wider = "model.overrides={vision_cfg: {width: 96}, temporal_cfg: {type: emoclip_transformer, layers: 1}}"
     with pytest.raises(ConfigError, match=r"stale.*vision_cfg\.width"):

@@ -155,6 +155,9 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
 
     require_set(cfg)
     require_frozen_towers(cfg)
+    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would encode everything and write the same files
+        raise ConfigError("the feature cache is built by one process: run `affectclip features` without torchrun (on "
+                          "a GPU: run.device=cuda), then train from it under torchrun (data.train=features:DIR)")
     out = Path(out_dir)
     if (out / "index.json").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a feature cache; pass --overwrite to rebuild it")
