@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -44,3 +46,18 @@ def class_descriptions_path() -> Path:
     return _need(
         SHARED / "data" / "class_descriptions" / "class_descriptions.yml", "EmoCLIP class descriptions"
     )
+
+
+@pytest.fixture
+def torchrun():
+    """`torchrun(args)` runs `affectclip ARGS` as 2 CPU processes (torchrun, gloo, one thread each) and returns the
+    finished process; a failure or a hang (120 s) fails the test with both ranks' output."""
+    def run(args: list[str]) -> subprocess.CompletedProcess:
+        env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+        cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m",
+               "affectclip.cli", *args]
+        res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
+        assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+        return res
+
+    return run

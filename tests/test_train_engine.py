@@ -141,8 +141,24 @@ def test_cli_reports_bad_config_in_one_line(tmp_path):
     assert "unknown key(s) epoch in 'run'; allowed:" in out and "Traceback" not in out
 
 
+def _assert_same_weights(run_a: Path, run_b: Path) -> None:
+    wa, wb = load_file(run_a / "model.safetensors"), load_file(run_b / "model.safetensors")
+    for k in wa:
+        torch.testing.assert_close(wa[k], wb[k], atol=2e-4, rtol=1e-3, msg=f"weight {k} differs between 1 and 2 processes")
+
+
+def _synthetic_with_corrupt_files(tmp_path: Path, n: int, n_corrupt: int) -> Path:
+    """A manifest of n synthetic faces whose first n_corrupt image files hold garbage."""
+    from affectclip.data.synthetic import write_synthetic_dataset
+
+    manifest = write_synthetic_dataset(tmp_path / "data", n, 0, seed=0)
+    for line in manifest.read_text().splitlines()[:n_corrupt]:
+        (manifest.parent / json.loads(line)["path"]).write_bytes(b"not a png")
+    return manifest
+
+
 @pytest.mark.slow
-def test_two_process_gloo_training_equals_one_process(tmp_path):
+def test_two_process_gloo_training_equals_one_process(tmp_path, torchrun):
     """torchrun with 2 CPU ranks (gloo, gathered local loss, DDP) ends at the weights of 1 process on the same batches,
     and validates as 1 process does: every rank encodes its share of the split (37 faces: uneven), the metrics count
     each face once, and only rank 0 writes the log and best.safetensors. (Validation on rank 0 alone deadlocked:
@@ -151,16 +167,10 @@ def test_two_process_gloo_training_equals_one_process(tmp_path):
     overrides = [*TINY, *with_val, "run.epochs=1", "data.batch_size=16"]
     single = tmp_path / "single"
     one = train(load_config("demo", [*overrides[:-1], "data.batch_size=32"]), single)
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affectclip.cli",
-           "train", "demo", *overrides, "--output", str(tmp_path / "ddp")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    torchrun(["train", "demo", *overrides, "--output", str(tmp_path / "ddp")])
     summary = json.loads((tmp_path / "ddp" / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 3
-    wa, wb = load_file(single / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=2e-4, rtol=1e-3, msg=f"weight {k} differs between 1 and 2 processes")
+    _assert_same_weights(single, tmp_path / "ddp")
     (val,) = summary["validation"]
     assert val["n_samples"] == one["validation"][0]["n_samples"] == 37
     assert val["confusion_matrix"] == one["validation"][0]["confusion_matrix"]
@@ -170,7 +180,7 @@ def test_two_process_gloo_training_equals_one_process(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_emocapclip_with_mining_equals_one_process(tmp_path):
+def test_two_process_emocapclip_with_mining_equals_one_process(tmp_path, torchrun):
     """The global-local task under torchrun: local sentences, attention-pooled patches and the mining similarities are
     gathered across ranks, so 2 x 16 faces take the same steps as 32 in one process. Every local sentence is used
     (sample_k 5 >= the synthetic captions' 5 regions: their random order does not change the mean), and mining is on
@@ -180,34 +190,19 @@ def test_two_process_emocapclip_with_mining_equals_one_process(tmp_path):
                  "loss.mining={guide: cross, encoder: ema, ema_momentum: 0.9, threshold_text: 0.5, "
                  "threshold_image: 0.5, top_k: 2, weight: 0.5, warmup_frac: 0.0}"]
     single = train(load_config("emocapclip", [*overrides, "data.batch_size=32"]), tmp_path / "single")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affectclip.cli",
-           "train", "emocapclip", *overrides, "data.batch_size=16", "--output", str(tmp_path / "ddp")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    torchrun(["train", "emocapclip", *overrides, "data.batch_size=16", "--output", str(tmp_path / "ddp")])
     ddp = [json.loads(line) for line in (tmp_path / "ddp" / "log.jsonl").read_text().splitlines()]
     assert single["final"]["mining_mined_per_row_i2t"] > 0, "mining found no positives: the test would not cover it"
     assert ddp[-1]["mining_mined_per_row_i2t"] == pytest.approx(single["final"]["mining_mined_per_row_i2t"])
-    wa, wb = load_file(tmp_path / "single" / "model.safetensors"), load_file(tmp_path / "ddp" / "model.safetensors")
-    for k in wa:
-        torch.testing.assert_close(wa[k], wb[k], atol=2e-4, rtol=1e-3, msg=f"weight {k} differs between 1 and 2 processes")
+    _assert_same_weights(tmp_path / "single", tmp_path / "ddp")
 
 
 @pytest.mark.slow
-def test_two_process_run_reports_every_ranks_unreadable_samples_once(tmp_path):
+def test_two_process_run_reports_every_ranks_unreadable_samples_once(tmp_path, torchrun):
     """Each rank reads its own share of the data; run_summary.json (written by rank 0) must still list the corrupt
     files rank 1 met, and the CLI prints the run's report once, not once per rank."""
-    from affectclip.data.synthetic import write_synthetic_dataset
-
-    manifest = write_synthetic_dataset(tmp_path / "data", 64, 0, seed=0)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    for r in rows[:6]:
-        (manifest.parent / r["path"]).write_bytes(b"not a png")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affectclip.cli",
-           "train", "demo", *TINY, "run.epochs=1", f"data.train={manifest}", "--output", str(tmp_path / "ddp")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    manifest = _synthetic_with_corrupt_files(tmp_path, n=64, n_corrupt=6)
+    res = torchrun(["train", "demo", *TINY, "run.epochs=1", f"data.train={manifest}", "--output", str(tmp_path / "ddp")])
     summary = json.loads((tmp_path / "ddp" / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["bad_samples"] == 6 == summary["bad_reads"]
     assert sorted(b["index"] for b in summary["bad_sample_list"]) == list(range(6))
@@ -215,21 +210,12 @@ def test_two_process_run_reports_every_ranks_unreadable_samples_once(tmp_path):
 
 
 @pytest.mark.slow
-def test_two_process_run_skips_together_a_batch_one_rank_could_not_read_at_all(tmp_path):
+def test_two_process_run_skips_together_a_batch_one_rank_could_not_read_at_all(tmp_path, torchrun):
     """With 2 faces per rank and 3 of 4 files corrupt, some steps find one rank's batch entirely unreadable: every
     rank must skip that step together (a rank stepping alone waited forever in its collectives)."""
-    from affectclip.data.synthetic import write_synthetic_dataset
-
-    manifest = write_synthetic_dataset(tmp_path / "data", 32, 0, seed=0)
-    rows = [json.loads(line) for line in manifest.read_text().splitlines()]
-    for r in rows[:24]:
-        (manifest.parent / r["path"]).write_bytes(b"not a png")
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affectclip.cli",
-           "train", "demo", *TINY, "run.epochs=1", "data.batch_size=2", f"data.train={manifest}",
-           "--output", str(tmp_path / "ddp")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=120)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    manifest = _synthetic_with_corrupt_files(tmp_path, n=32, n_corrupt=24)
+    torchrun(["train", "demo", *TINY, "run.epochs=1", "data.batch_size=2", f"data.train={manifest}",
+                   "--output", str(tmp_path / "ddp")])
     summary = json.loads((tmp_path / "ddp" / "run_summary.json").read_text())
     assert summary["bad_samples"] == 24
     assert 1 <= summary["steps"] < 8, summary["steps"]  # 8 batches per rank; those with a fully unreadable rank skipped

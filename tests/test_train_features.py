@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,15 +67,11 @@ def test_cached_training_learns_and_validates_zero_shot(cache, tmp_path):
 
 
 @pytest.mark.slow
-def test_two_ranks_train_from_one_cache_of_randomly_initialised_towers(cache, tmp_path):
+def test_two_ranks_train_from_one_cache_of_randomly_initialised_towers(cache, tmp_path, torchrun):
     """Every rank must build the same frozen towers (seeded by run.seed, not seed + rank), or the cache's weight
     check refuses rank 1's towers as stale."""
-    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[1]), "OMP_NUM_THREADS": "1"}
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "affectclip.cli",
-           "train", "emoclip", *TINY, "data.val=null", "run.max_steps=2", f"data.train=features:{cache}",
-           "--output", str(tmp_path / "ddp")]
-    res = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
-    assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-3000:]
+    torchrun(["train", "emoclip", *TINY, "data.val=null", "run.max_steps=2", f"data.train=features:{cache}",
+              "--output", str(tmp_path / "ddp")])
     summary = json.loads((tmp_path / "ddp" / "run_summary.json").read_text())
     assert summary["world_size"] == 2 and summary["steps"] == 2
 
