@@ -134,6 +134,18 @@ def test_asking_for_a_missing_gpu_is_a_clear_error(tmp_path):
         train(load_config("demo", [*TINY, "run.device=cuda"]), tmp_path / "gpu")
 
 
+def test_cli_takes_overrides_before_or_after_the_options(tmp_path, capsys):
+    from affectclip.cli import main
+
+    assert main(["train", "demo", *TINY[:3], "--output", str(tmp_path / "run"), *TINY[3:], "run.max_steps=1"]) == 0
+    summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
+    assert summary["steps"] == 1
+    with pytest.raises(SystemExit):  # an unknown option is still an error, not an override
+        main(["train", "demo", "--output", str(tmp_path / "other"), "--epochs", "3"])
+    assert "unrecognized arguments: --epochs 3" in capsys.readouterr().err
+    assert not (tmp_path / "other").exists()
+
+
 def test_cli_reports_bad_config_in_one_line(tmp_path):
     proc = _cli(["train", "demo", "run.epoch=2", "--output", str(tmp_path / "x")])
     out, _ = proc.communicate(timeout=120)
