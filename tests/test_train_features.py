@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 from PIL import Image
+from safetensors.torch import load_file
 
 from affectclip.cli import main
 from affectclip.data.manifest import write_manifest
@@ -85,12 +86,19 @@ def test_zero_shot_validation_on_the_cache_equals_re_encoding(cache):
     assert validate(model, args[0], cached, *args[1:]) == validate(model, args[0], pixels, *args[1:])
 
 
-def test_building_the_cache_under_torchrun_is_refused_before_any_write(tmp_path, monkeypatch):
-    """Each rank would encode the whole split and write the same files; one process builds the cache."""
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    with pytest.raises(ConfigError, match="without torchrun"):
-        build_feature_cache(load_config("emoclip", TINY), tmp_path / "cache")
-    assert not (tmp_path / "cache").exists()
+@pytest.mark.slow
+def test_two_ranks_build_the_cache_one_process_builds(cache, tmp_path, torchrun):
+    """Under torchrun each rank encodes every other clip and rank 0 writes one cache, in dataset order."""
+    res = torchrun(["features", "emoclip", str(tmp_path / "ddp"), *TINY])
+    assert res.stdout.count("train: cached 64 samples") == 1
+    one, two = (json.loads((d / "index.json").read_text()) for d in (cache, tmp_path / "ddp"))
+    for role in ("train", "val"):
+        assert two["splits"][role]["ids"] == one["splits"][role]["ids"]
+        assert two["splits"][role]["captions"] == one["splits"][role]["captions"]
+        a, b = load_file(cache / f"{role}.safetensors"), load_file(tmp_path / "ddp" / f"{role}.safetensors")
+        assert a.keys() == b.keys()
+        for key in a:
+            torch.testing.assert_close(b[key], a[key], atol=1e-5, rtol=1e-4, msg=f"{role} {key}")
 
 
 def test_stale_cache_and_trainable_towers_are_refused(cache, tmp_path):

@@ -80,9 +80,11 @@ def _run(cfg, output: str, resume: bool = False, overwrite: bool = False) -> dic
 
 
 def _train(args: argparse.Namespace) -> int:
+    from affectclip.train.distributed import is_main_process
+
     cfg = _load(args.config, args.overrides)
     summary = _run(cfg, args.output, args.resume, args.overwrite)
-    if summary["rank"]:  # torchrun: rank 0 reports for the run
+    if not is_main_process():  # torchrun: rank 0 reports for the run
         return 0
     start = summary["start_step"]
     resumed = f" (resumed at step {start}, trained to {summary['steps']})" if start else ""
@@ -100,6 +102,7 @@ def _train(args: argparse.Namespace) -> int:
 def _features(args: argparse.Namespace) -> int:
     from affectclip.cli import UserError
     from affectclip.train.config import ConfigError
+    from affectclip.train.distributed import is_main_process
     from affectclip.train.features import build_feature_cache
 
     cfg = _load(args.config, args.overrides)
@@ -107,6 +110,8 @@ def _features(args: argparse.Namespace) -> int:
         index = build_feature_cache(cfg, args.out_dir, overwrite=args.overwrite)
     except ConfigError as exc:
         raise UserError(str(exc)) from exc
+    if not is_main_process():  # torchrun: rank 0 wrote the cache and reports it
+        return 0
     for role, split in index["splits"].items():
         print(f"{role}: cached {split['n']} samples, {len(split['errors'])} failed ({split['seconds']:.1f} s)")
         for err in split["errors"][:10]:

@@ -27,6 +27,11 @@ class DistInfo:
         return self.world_size > 1
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun launch, or a plain single process: the one that reports to the user."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
 def init_distributed(device_type: str) -> DistInfo:
     """Join the process group torchrun describes in the environment; a no-op for plain `python`/CLI runs."""
     world = int(os.environ.get("WORLD_SIZE", "1"))

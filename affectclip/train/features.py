@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 import torch
 import torch.nn as nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader, Dataset, Subset
 
 from affectclip.train.config import ConfigError, TrainConfig, require_set
 
@@ -94,7 +94,7 @@ def encode_dataset(model: nn.Module, tokenizer, dataset: Dataset, caption_field:
 
     use_mask = has_subject_token(model)
     loader = DataLoader(dataset, batch_size=batch_size, shuffle=False, num_workers=num_workers, collate_fn=collate)
-    frames, pads, texts, labels, ids, captions, errors = [], [], [], [], [], [], []
+    frames, pads, texts, labels, indices, ids, captions, errors = [], [], [], [], [], [], [], []
     extra: dict[str, list[torch.Tensor]] = {k: [] for k in OPTIONAL_KEYS}
     text_cache: dict[str, torch.Tensor] = {}
     for batch in loader:
@@ -115,6 +115,7 @@ def encode_dataset(model: nn.Module, tokenizer, dataset: Dataset, caption_field:
                 text_cache[t] = f
         texts.append(torch.stack([text_cache[t] for t in batch_texts]))
         labels += [-1 if v is None else int(v) for v in batch.get("label", [None] * len(batch_texts))]
+        indices += batch["index"].tolist()
         ids += [str(v) for v in batch.get("id", batch["index"].tolist())]
         captions += list(batch["caption"])
         for k in OPTIONAL_KEYS:
@@ -128,7 +129,28 @@ def encode_dataset(model: nn.Module, tokenizer, dataset: Dataset, caption_field:
         "label": torch.tensor(labels, dtype=torch.long),
     }
     tensors.update({k: torch.cat(v) for k, v in extra.items() if v and sum(len(x) for x in v) == len(labels)})
-    return {"tensors": tensors, "ids": ids, "captions": captions, "errors": errors}
+    return {"tensors": tensors, "indices": indices, "ids": ids, "captions": captions, "errors": errors}
+
+
+def merge_encodings(parts: list[dict[str, Any]]) -> dict[str, Any]:
+    """One `encode_dataset` result from the results of disjoint shards of a dataset, back in dataset index order
+    (clips of different lengths are padded to the longest, as within one shard)."""
+    order = sorted(range(sum(len(p["indices"]) for p in parts)),
+                   key=[i for p in parts for i in p["indices"]].__getitem__)
+    t_max = max(p["tensors"]["frame_features"].shape[1] for p in parts)
+    tensors: dict[str, torch.Tensor] = {
+        "frame_features": _pad_frames([p["tensors"]["frame_features"] for p in parts], t_max, 0.0, (0, 0, 0)),
+        "padding_mask": _pad_frames([p["tensors"]["padding_mask"] for p in parts], t_max, True, (0, 0)),
+    }
+    for key in parts[0]["tensors"]:
+        if key not in tensors and all(key in p["tensors"] for p in parts):
+            tensors[key] = torch.cat([p["tensors"][key] for p in parts])
+    merged: dict[str, Any] = {"tensors": {k: v[order] for k, v in tensors.items()}}
+    for key in ("indices", "ids", "captions"):
+        flat = [x for p in parts for x in p[key]]
+        merged[key] = [flat[i] for i in order]
+    merged["errors"] = sorted((e for p in parts for e in p["errors"]), key=lambda e: e["index"])
+    return merged
 
 
 def _pad_frames(parts: list[torch.Tensor], t_max: int, value: Any, empty: tuple[int, ...]) -> torch.Tensor:
@@ -148,16 +170,16 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
 
     Returns the index written to `out_dir/index.json` (per split: n, failures, seconds). The datasets are built by
     `train/data.py` with the same transforms and samplers training uses, so cached and re-encoded training agree.
+    Under torchrun each rank encodes every world_size-th sample; the shards are gathered (every rank holds the
+    whole split's features for a moment) and rank 0 writes them in dataset order.
     """
     from affectclip.models.factory import get_tokenizer
     from affectclip.train.data import build_datasets
-    from affectclip.train.loop import _resolve_device
+    from affectclip.train.distributed import cleanup, gather_lists, init_distributed
+    from affectclip.train.loop import _resolve_device, seed_everything
 
     require_set(cfg)
     require_frozen_towers(cfg)
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1:  # every rank would encode everything and write the same files
-        raise ConfigError("the feature cache is built by one process: run `affectclip features` without torchrun (on "
-                          "a GPU: run.device=cuda), then train from it under torchrun (data.train=features:DIR)")
     out = Path(out_dir)
     if (out / "index.json").exists() and not overwrite:
         raise ConfigError(f"{out} already holds a feature cache; pass --overwrite to rebuild it")
@@ -166,7 +188,12 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
         if source and source.startswith(SOURCE_PREFIX):
             raise ConfigError(f"data.{role}={source} is already a feature cache; point it at the data to encode")
     device = _resolve_device(cfg.run.device)
+    info = init_distributed(device.type)  # under torchrun every rank encodes a shard; rank 0 writes the cache
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
     model = build_frozen_model(cfg, device)
+    if info.enabled:  # the towers are built alike on every rank; the augmentation draws must differ
+        seed_everything(cfg.run.seed + info.rank)
     # the cache holds one augmentation draw per sample either way; the per-sample transforms draw it from the same
     # distribution as batch augmentation, without staging
     per_sample = dataclasses.replace(cfg.data, batch_augment=False, stage_size=None, cache_images=False)
@@ -191,17 +218,24 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
             raise ConfigError(f"data.{role}: feature caching reads map-style data (a manifest or 'synthetic'), not "
                               "streamed shards")
         t0 = time.perf_counter()
-        enc = encode_dataset(model, tokenizer, ds, cfg.data.caption_field, cfg.data.batch_size,
+        shard = Subset(ds, range(info.rank, len(ds), info.world_size)) if info.enabled else ds
+        enc = encode_dataset(model, tokenizer, shard, cfg.data.caption_field, cfg.data.batch_size,
                              cfg.data.num_workers, device)
+        if info.enabled:
+            enc = merge_encodings(gather_lists([enc], info))
+            if not info.is_main:
+                continue
         tmp = out / f".{role}.safetensors.tmp"
         save_file({k: v.contiguous() for k, v in enc["tensors"].items()}, str(tmp))
         os.replace(tmp, out / f"{role}.safetensors")
         index["splits"][role] = {"source": getattr(cfg.data, role), "n": len(enc["ids"]), "ids": enc["ids"],
                                  "captions": enc["captions"], "errors": enc["errors"],
                                  "seconds": time.perf_counter() - t0}
-    tmp = out / ".index.json.tmp"
-    tmp.write_text(json.dumps(index, default=str))
-    os.replace(tmp, out / "index.json")  # written last: a folder without index.json is an unfinished cache
+    if info.is_main:
+        tmp = out / ".index.json.tmp"
+        tmp.write_text(json.dumps(index, default=str))
+        os.replace(tmp, out / "index.json")  # written last: a folder without index.json is an unfinished cache
+    cleanup(info)
     return index
 
 

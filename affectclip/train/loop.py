@@ -563,7 +563,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
         save_checkpoint(model, out / "model.safetensors")
         _atomic_write(out / "run_summary.json", json.dumps(summary, indent=2, default=str))
     cleanup(info)
-    summary["model"], summary["rank"] = model, info.rank
+    summary["model"] = model
     return summary
 
 
