@@ -175,8 +175,8 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
     """
     from affectclip.models.factory import get_tokenizer
     from affectclip.train.data import build_datasets
-    from affectclip.train.distributed import cleanup, gather_lists, init_distributed
-    from affectclip.train.loop import _resolve_device, seed_everything
+    from affectclip.train.distributed import cleanup, gather_lists
+    from affectclip.train.loop import device_and_rank, seed_everything
 
     require_set(cfg)
     require_frozen_towers(cfg)
@@ -187,10 +187,7 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
         source = getattr(cfg.data, role)
         if source and source.startswith(SOURCE_PREFIX):
             raise ConfigError(f"data.{role}={source} is already a feature cache; point it at the data to encode")
-    device = _resolve_device(cfg.run.device)
-    info = init_distributed(device.type)  # under torchrun every rank encodes a shard; rank 0 writes the cache
-    if device.type == "cuda" and info.enabled:
-        device = torch.device("cuda", info.local_rank)
+    device, info = device_and_rank(cfg.run.device)  # under torchrun every rank encodes a shard; rank 0 writes
     model = build_frozen_model(cfg, device)
     if info.enabled:  # the towers are built alike on every rank; the augmentation draws must differ
         seed_everything(cfg.run.seed + info.rank)

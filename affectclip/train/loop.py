@@ -204,6 +204,16 @@ def _resolve_device(spec: str) -> torch.device:
     return device
 
 
+def device_and_rank(spec: str) -> tuple[torch.device, DistInfo]:
+    """The run's device and its place in the process group: under torchrun each rank takes the GPU of its
+    LOCAL_RANK; a plain process is rank 0 of 1."""
+    device = _resolve_device(spec)
+    info = init_distributed(device.type)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    return device, info
+
+
 def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an existing run folder needs --resume (same config) or --overwrite.
 
@@ -387,10 +397,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     from affectclip.train.tasks import CachedTokenizer, build_task
 
     require_set(cfg)
-    device = _resolve_device(cfg.run.device)
-    info = init_distributed(device.type)
-    if device.type == "cuda" and info.enabled:
-        device = torch.device("cuda", info.local_rank)
+    device, info = device_and_rank(cfg.run.device)
     if cfg.run.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"run.precision '{cfg.run.precision}' is unknown; use fp32, bf16 or fp16")
     out = Path(output_dir) if output_dir else None
