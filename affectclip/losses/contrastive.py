@@ -222,10 +222,15 @@ class ClipLoss(nn.Module):
         self.rank = rank
         self.world_size = world_size
 
-    def gather(self, *tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    def rank_sizes(self, local: torch.Tensor) -> list[int]:
+        """Every rank's sample count, given this rank's per-sample tensor: exchanged once per loss call and passed
+        to ``gather`` and ``row_offset`` (ranks may differ: each drops its own unreadable samples)."""
+        return rank_sizes(len(local), local.device, self.world_size)
+
+    def gather(self, *tensors: torch.Tensor, sizes: list[int] | None = None) -> tuple[torch.Tensor, ...]:
         """Gather per-sample tensors (same length) from all ranks with this loss's settings (identity on one
         process)."""
-        sizes = rank_sizes(len(tensors[0]), tensors[0].device, self.world_size)
+        sizes = sizes if sizes is not None else self.rank_sizes(tensors[0])
         return tuple(
             gather_tensor(
                 t, gather_with_grad=self.gather_with_grad, rank=self.rank, world_size=self.world_size, sizes=sizes
@@ -233,16 +238,17 @@ class ClipLoss(nn.Module):
             for t in tensors
         )
 
-    def row_offset(self, local: torch.Tensor) -> int:
-        """Index of this rank's first row in the global batch when computing local rows, else 0 (``local``: this
-        rank's per-sample tensor; the ranks before it may hold other sample counts)."""
-        if not (self.local_loss and self.world_size > 1):
-            return 0
-        return sum(rank_sizes(len(local), local.device, self.world_size)[: self.rank])
+    def row_offset(self, sizes: list[int]) -> int:
+        """Index of this rank's first row in the global batch when computing local rows, else 0."""
+        return sum(sizes[: self.rank]) if self.local_loss and self.world_size > 1 else 0
 
     @fp32
     def logits(
-        self, image_features: torch.Tensor, text_features: torch.Tensor, logit_scale: torch.Tensor | float
+        self,
+        image_features: torch.Tensor,
+        text_features: torch.Tensor,
+        logit_scale: torch.Tensor | float,
+        sizes: list[int] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """fp32 (image→text, text→image) logits: [n_local, N] with ``local_loss``, else [N, N]."""
         if image_features.shape != text_features.shape or image_features.dim() != 2:
@@ -254,7 +260,7 @@ class ClipLoss(nn.Module):
         check_no_nan(image_features=image_features, text_features=text_features, logit_scale=logit_scale)
         scale = logit_scale.float()
         image, text = image_features.float(), text_features.float()
-        return self.pair_logits(lambda a, b: scale * a @ b.T, image, text, *self.gather(image, text))
+        return self.pair_logits(lambda a, b: scale * a @ b.T, image, text, *self.gather(image, text, sizes=sizes))
 
     def pair_logits(
         self, sim: Callable, image: Any, text: Any, all_image: Any, all_text: Any
@@ -277,5 +283,6 @@ class ClipLoss(nn.Module):
         targets: Targets = None,
     ) -> torch.Tensor:
         """Scalar loss. ``logit_scale`` is already exponentiated; ``targets`` cover the global batch."""
-        logits_i2t, logits_t2i = self.logits(image_features, text_features, logit_scale)
-        return symmetric_loss(logits_i2t, logits_t2i, targets, self.row_offset(image_features))
+        sizes = self.rank_sizes(image_features)
+        logits_i2t, logits_t2i = self.logits(image_features, text_features, logit_scale, sizes)
+        return symmetric_loss(logits_i2t, logits_t2i, targets, self.row_offset(sizes))

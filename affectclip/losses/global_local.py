@@ -179,8 +179,9 @@ class GlobalLocalLoss(nn.Module):
     ) -> torch.Tensor:
         if self.local_mode == "off" or self.w_loc == 0:
             return self.local_scale() * 0.0
+        sizes = self.clip.rank_sizes(image_global)
         all_image, all_patches, all_sentences, all_mask = self.clip.gather(
-            image_global.float(), patches.float(), sentences.float(), mask.float()
+            image_global.float(), patches.float(), sentences.float(), mask.float(), sizes=sizes
         )
         all_mask = all_mask.bool()
         scale = self.local_scale()
@@ -197,7 +198,7 @@ class GlobalLocalLoss(nn.Module):
             (all_image, all_patches),
             (all_sentences, all_mask),
         )
-        offset = self.clip.row_offset(image_global)
+        offset = self.clip.row_offset(sizes)
         n_all = len(all_mask)
         caption_valid = all_mask.any(-1)
         rows_valid = caption_valid[offset : offset + len(logits_i2t)]

@@ -80,8 +80,9 @@ class SentimentGuidedClipLoss(ClipLoss):
         targets: Targets = None,
     ) -> torch.Tensor:
         """Scalar loss; ``sentiment_probs`` [n_local, C] are this rank's caption emotion distributions."""
-        logits_i2t, logits_t2i = self.logits(image_features, text_features, logit_scale)
-        offset = self.row_offset(image_features)
+        sizes = self.rank_sizes(image_features)
+        logits_i2t, logits_t2i = self.logits(image_features, text_features, logit_scale, sizes)
+        offset = self.row_offset(sizes)
         if self.lam > 0:
             if sentiment_probs is None or len(sentiment_probs) != len(image_features):
                 raise ValueError(
@@ -89,7 +90,7 @@ class SentimentGuidedClipLoss(ClipLoss):
                     f"(got {None if sentiment_probs is None else tuple(sentiment_probs.shape)} for "
                     f"{len(image_features)} samples); set lam=0 for the plain CLIP loss"
                 )
-            (all_q,) = self.gather(sentiment_probs.float().detach())
+            (all_q,) = self.gather(sentiment_probs.float().detach(), sizes=sizes)
             cap = None if self.max_penalty is None else self.max_penalty / self.lam
             weights = sentiment_weights(all_q, self.eps, cap, self.faithful)
             penalty = self.lam * weights[offset : offset + len(logits_i2t)]
