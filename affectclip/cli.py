@@ -45,8 +45,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     if extra:  # key=value overrides after an option (`train demo --output run run.epochs=3`) belong to the rest
-        if not hasattr(args, "overrides") or any(e.startswith("-") or "=" not in e for e in extra):
-            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        unknown = [e for e in extra if e.startswith("-") or "=" not in e] if hasattr(args, "overrides") else extra
+        if unknown:
+            parser.error(f"unrecognized arguments: {' '.join(unknown)}")
         args.overrides = [*args.overrides, *extra]
     if not getattr(args, "func", None):
         parser.print_help()

@@ -141,7 +141,7 @@ def test_cli_takes_overrides_before_or_after_the_options(tmp_path, capsys):
     summary = json.loads((tmp_path / "run" / "run_summary.json").read_text())
     assert summary["steps"] == 1
     with pytest.raises(SystemExit):  # an unknown option is still an error, not an override
-        main(["train", "demo", "--output", str(tmp_path / "other"), "--epochs", "3"])
+        main(["train", "demo", "--output", str(tmp_path / "other"), "run.seed=1", "--epochs", "3"])
     assert "unrecognized arguments: --epochs 3" in capsys.readouterr().err
     assert not (tmp_path / "other").exists()
 
