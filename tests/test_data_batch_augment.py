@@ -24,16 +24,23 @@ def _draw(params, i: int) -> TransformParams:
                            contrast=float(params.contrast[i]), grayscale=bool(params.grayscale[i]))
 
 
+# the FER+ recipe's augmentation: no rotation, so brightness folds into the resampling weights
+RECIPE = dict(scale=(0.7, 1.0), hflip=0.5, brightness=0.3, contrast=0.3)
+
+
 @pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
 @pytest.mark.parametrize("stage", [48, 80])  # crops upsampled (48 -> 64) and downsampled with antialiasing (80 -> 64)
-def test_a_draw_gives_the_per_sample_pixels_and_masks(interpolation, stage):
+@pytest.mark.parametrize("augment", [AUGMENT, RECIPE], ids=["all-options", "recipe"])
+def test_a_draw_gives_the_per_sample_pixels_and_masks(interpolation, stage, augment):
     torch.manual_seed(0)
-    t = ImageTransform(64, train=True, interpolation=interpolation, **AUGMENT)
+    t = ImageTransform(64, train=True, interpolation=interpolation, **augment)
     aug = BatchAugment(t)
     images = torch.randint(0, 256, (12, 3, stage, stage), dtype=torch.uint8)
+    images[:4] = images[:4] // 2 + 128  # bright faces: brightness > 1 saturates them
     masks = (torch.rand(12, stage, stage) > 0.5).to(torch.uint8)
     params = aug.sample_params(12, stage, stage)
-    assert params.hflip.any() and (~params.hflip).any() and (params.angle != 0).all()
+    assert params.hflip.any() and (~params.hflip).any() and (params.brightness > 1).any()
+    assert (params.angle != 0).all() if augment is AUGMENT else (params.angle == 0).all()
     out, out_masks = aug.apply(images, params, masks)
     assert out.shape == (12, 3, 64, 64) and out_masks.shape == (12, 64, 64)
     for i in range(12):
