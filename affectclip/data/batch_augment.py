@@ -272,7 +272,7 @@ class BatchAugment:
     def _bank(self, n_in: int, mode: str, device: torch.device) -> torch.Tensor:
         """For every crop length L <= n_in, F.interpolate's antialiased 1-d weights L -> S (the per-sample path's
         kernel) in columns 1..L, zeros in column 0 and after L (what `_place` reads outside the crop); unflipped and
-        flipped. Built once per (n_in, mode, device)."""
+        flipped. Built once per (n_in, mode, device): 2 (n_in + 1)² S floats, 4 MB at 64 px, 91 MB at 224 px."""
         key = (n_in, mode, str(device))
         if key not in self._banks:
             s = self.t.image_size
