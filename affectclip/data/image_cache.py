@@ -67,12 +67,31 @@ class StagedImageCache(Dataset):
         return int(self.filled.sum())
 
     def __getitem__(self, index: int) -> dict[str, Any]:
-        if self.filled[index]:
-            sample = self.dataset.sample_fields(index)
-            sample["image"] = self.images[index].clone()
-            if self.masks is not None:
-                sample["mask"] = self.masks[index].clone()
-            return sample
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
+        """A batch (the DataLoader calls this instead of `__getitem__` per index): the stored images are read with
+        one indexing op (a copy, never a view of the store), since 32 per-sample reads cost a tenth of a tiny
+        model's step; the others are read and stored one by one."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        stored = self.filled[index]
+        hits = index[stored]
+        images = self.images[hits]
+        masks = self.masks[hits] if self.masks is not None else None
+        out, j = [], 0
+        for i, hit in zip(indices, stored.tolist(), strict=True):
+            if not hit:
+                out.append(self._read_and_store(i))
+                continue
+            sample = self.dataset.sample_fields(i)
+            sample["image"] = images[j]
+            if masks is not None:
+                sample["mask"] = masks[j]
+            out.append(sample)
+            j += 1
+        return out
+
+    def _read_and_store(self, index: int) -> dict[str, Any]:
         sample = self.dataset[index]
         image = sample.get("image")
         if image is None:  # an unreadable sample (reported by the loop) or a clip: nothing to keep
@@ -88,26 +107,3 @@ class StagedImageCache(Dataset):
             self.masks[index] = sample["mask"]
         self.filled[index] = True  # set last: a concurrent reader sees either no entry or a complete one
         return sample
-
-    def __getitems__(self, indices: list[int]) -> list[dict[str, Any]]:
-        """A batch (the DataLoader calls this instead of `__getitem__` per index): the stored images are read with
-        one indexing op, since 32 per-sample reads cost a tenth of a tiny model's step; the others are read (and
-        stored) one by one."""
-        index = torch.as_tensor(indices, dtype=torch.long)
-        stored = self.filled[index]
-        hits = index[stored]
-        images = self.images[hits]
-        masks = self.masks[hits] if self.masks is not None else None
-        out, j = [], 0
-        for i, hit in zip(indices, stored.tolist(), strict=True):
-            if not hit:
-                out.append(self[i])
-                continue
-            sample = self.dataset.sample_fields(i)
-            sample["image"] = images[j]
-            if masks is not None:
-                sample["mask"] = masks[j]
-            out.append(sample)
-            j += 1
-        return out
-
