@@ -62,6 +62,7 @@ class _Draws(torch.utils.data.Dataset):
 
 
 def test_loader_workers_draw_per_rank_augmentations_without_touching_the_global_rng():
+    from affectclip.data.shared_batches import SharedBatchReader
     from affectclip.train.config import load_config
     from affectclip.train.loop import build_loader
 
@@ -69,7 +70,11 @@ def test_loader_workers_draw_per_rank_augmentations_without_touching_the_global_
 
     def draws(rank: int) -> torch.Tensor:
         loader = build_loader(_Draws(), list(range(8)), cfg, _info(rank), torch.device("cpu"))
-        return torch.cat([b["draw"] for b in loader])
+        reader, out = SharedBatchReader(), []
+        for batch in loader:  # as the loop reads them: CPU batches from workers come through shared buffers
+            out.append(reader.unpack(batch)["draw"].clone())
+            reader.release(batch)
+        return torch.cat(out)
 
     before = torch.get_rng_state()
     rank0, rank1 = draws(0), draws(1)

@@ -46,6 +46,9 @@ class DataConfig:
     # shuffle, 0.5 = square-root balancing, 1 = all classes equally often (helps UAR on skewed data such as FER+)
     class_balance: float = 0.0
     num_workers: int = 0
+    # CPU training with workers: workers hand batches over through a few reused shared-memory buffers instead of a
+    # fresh segment per tensor (data/shared_batches.py; ~1 ms less per batch in the training process)
+    shared_batches: bool = True
     drop_last: bool = True
     image_size: int | None = None  # default: the model's
     augment: dict[str, Any] = field(default_factory=dict)  # ImageTransform train options

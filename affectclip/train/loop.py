@@ -378,20 +378,33 @@ class _Logger:
             self.tb.close()
 
 
+PREFETCH_FACTOR = 2  # batches each DataLoader worker prepares ahead (PyTorch's default)
+
+
 def build_loader(train_ds: Dataset, sampler: Any, cfg: TrainConfig, info: DistInfo, device: torch.device) -> DataLoader:
     """The training DataLoader. It owns its generator, seeded by run seed + rank: creating an iterator must not
     consume the global RNG (or a resumed run's augmentation would drift from the uninterrupted run's), and
-    DataLoader workers of different ranks must draw different augmentations."""
+    DataLoader workers of different ranks must draw different augmentations. CPU training with workers hands batches
+    over through reused shared memory (`data.shared_batches`): read them through a `SharedBatchReader` (unpack each
+    batch, release it once nothing reads its tensors any more)."""
+    from affectclip.data.shared_batches import SharedBatchCollate
     from affectclip.train.data import make_collate
 
-    return DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=cfg.data.num_workers,
-                      collate_fn=make_collate(), drop_last=True, pin_memory=device.type == "cuda",
+    collate = make_collate()
+    workers = cfg.data.num_workers
+    if workers and cfg.data.shared_batches and device.type == "cpu":
+        # enough slots for the batches a worker prepares ahead, those an accumulating step holds, and one spare
+        collate = SharedBatchCollate(collate, slots=PREFETCH_FACTOR + cfg.run.accum_freq + 1)
+    return DataLoader(train_ds, batch_size=cfg.data.batch_size, sampler=sampler, num_workers=workers,
+                      collate_fn=collate, drop_last=True, pin_memory=device.type == "cuda",
+                      prefetch_factor=PREFETCH_FACTOR if workers else None,
                       generator=torch.Generator().manual_seed(cfg.run.seed + info.rank))
 
 
 def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool = False,
           overwrite: bool = False) -> dict[str, Any]:
     """Run a training config; returns the run summary (also written to run_summary.json)."""
+    from affectclip.data.shared_batches import SharedBatchReader
     from affectclip.models.factory import create_model, get_tokenizer
     from affectclip.train.data import build_datasets
     from affectclip.train.tasks import CachedTokenizer, build_task
@@ -477,6 +490,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     step, t_start, samples_seen = position["step"], time.time(), 0
     start_step = step  # > 0 for a resumed run: this invocation trains steps start_step + 1 .. the last
     progress = _progress(cfg, info, total_steps, step)
+    reader = SharedBatchReader()
 
     try:
         for epoch in range(position["epoch"], cfg.run.epochs):
@@ -488,14 +502,18 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
                 train_ds.set_epoch(epoch)  # per-epoch random video windows (seeded by epoch and sample)
             batch_index = skip
             micro: list[dict[str, Any]] = []
+            held: list[dict[str, Any]] = []  # batches whose tensors the step still reads (shared worker memory)
             t_data = time.time()
             # islice: streamed shards can hold more than the planned epoch on some ranks
             for batch in itertools.islice(loader, max(0, steps_per_epoch * cfg.run.accum_freq - skip)):
+                batch = reader.unpack(batch)
                 errors.extend(batch.pop("errors", []))
                 batch_index += 1
                 if not all_ranks_have_samples("index" in batch, info, device):  # every sample failed on some rank:
+                    reader.release(batch)
                     continue  # all ranks skip it together (a rank that stepped alone would wait in its collectives)
                 micro.append(task.prepare(batch, device))
+                held.append(batch)
                 if len(micro) < cfg.run.accum_freq:
                     continue
                 data_time = time.time() - t_data
@@ -508,6 +526,9 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
                 n = sum(len(m["index"]) for m in micro) * info.world_size
                 samples_seen += n
                 micro = []
+                for b in held:
+                    reader.release(b)
+                held = []
                 step += 1
                 batch_time = time.time() - t_data
                 record = {"step": step, "epoch": epoch, **losses, "lr": optimizer.param_groups[0]["lr"],
@@ -525,6 +546,9 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
                 t_data = time.time()
                 if step >= total_steps:
                     break
+            for b in held:  # an accumulation left incomplete at the epoch's end
+                reader.release(b)
+            reader.reset()  # this epoch's workers are gone; the next epoch's bring their own buffers
             position["batch"] = 0
             last_epoch = epoch + 1 == cfg.run.epochs or step >= total_steps
             if val_ds is not None and ((epoch + 1) % cfg.run.eval_every_epochs == 0 or last_epoch):
