@@ -104,7 +104,7 @@ def pack(batch: dict[str, Any], ring: _Ring) -> dict[str, Any]:
 
 
 def _view(buffer: torch.Tensor, dtype: torch.dtype, shape: tuple[int, ...], offset: int) -> torch.Tensor:
-    nbytes = torch.Size(shape).numel() * torch.empty((), dtype=dtype).element_size()
+    nbytes = torch.Size(shape).numel() * dtype.itemsize
     return buffer[offset : offset + nbytes].view(dtype).view(shape)
 
 
