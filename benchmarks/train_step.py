@@ -151,14 +151,13 @@ def _full_loop_rate(config: str, batch: int, steps: int, device: str, workers: i
         summary = train(cfg, Path(tmp) / "run")
         records = [json.loads(line) for line in (Path(tmp) / "run" / "log.jsonl").read_text().splitlines()]
     timed = [r for r in records if "batch_time" in r]
+    first, last = ([r for r in timed if r["epoch"] == epoch][WARMUP_STEPS:] for epoch in (0, 1))
 
-    def rate(epoch: int) -> float:
-        steady = [r for r in timed if r["epoch"] == epoch][WARMUP_STEPS:]
-        return batch * len(steady) / sum(r["batch_time"] for r in steady)
+    def rate(steps: list[dict]) -> float:
+        return batch * len(steps) / sum(r["batch_time"] for r in steps)
 
-    steady = [r for r in timed if r["epoch"] == 1][WARMUP_STEPS:]
-    return {"samples_per_s": rate(1), "first_epoch_samples_per_s": rate(0),
-            "data_s_per_step": sum(r["data_time"] for r in steady) / len(steady), "steps": summary["steps"],
+    return {"samples_per_s": rate(last), "first_epoch_samples_per_s": rate(first),
+            "data_s_per_step": sum(r["data_time"] for r in last) / len(last), "steps": summary["steps"],
             "workers": workers, "overrides": extra, "bad_samples": summary["bad_samples"]}
 
 

@@ -73,7 +73,10 @@ class SharedBatchCollate:
         batch = self.collate(samples)
         if get_worker_info() is None:
             return batch
-        return pack(batch, _RINGS.setdefault(os.getpid(), _Ring(self.slots)))
+        pid = os.getpid()
+        if pid not in _RINGS:  # once per worker (its flags live in shared memory: not a per-batch allocation)
+            _RINGS[pid] = _Ring(self.slots)
+        return pack(batch, _RINGS[pid])
 
 
 def pack(batch: dict[str, Any], ring: _Ring) -> dict[str, Any]:
