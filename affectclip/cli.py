@@ -11,7 +11,7 @@ import importlib
 import sys
 
 from affectclip._env import apply_offline_defaults
-from affectclip.errors import RunError, UserError
+from affectclip.core.errors import RunError, UserError
 
 __all__ = ["RunError", "UserError", "build_parser", "main"]
 

@@ -15,8 +15,8 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 import torch.nn.functional as F
 
+from affectclip.core.distributed import DistInfo, cleanup
 from affectclip.losses import ClipLoss, GlobalLocalLoss, SentimentGuidedClipLoss
-from affectclip.train.distributed import DistInfo, cleanup
 
 pytestmark = pytest.mark.skipif(
     not (dist.is_available() and dist.is_gloo_available()),

@@ -5,9 +5,9 @@ from __future__ import annotations
 import pytest
 import torch
 
+from affectclip.core.distributed import DistInfo
 from affectclip.models.factory import create_model, get_tokenizer
 from affectclip.train.config import load_config
-from affectclip.train.distributed import DistInfo
 from affectclip.train.tasks import build_task
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from affectclip.train.distributed import DistInfo
+from affectclip.core.distributed import DistInfo
 from affectclip.train.loop import EpochSampler, class_balance_weights
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 
 
 def _user_error(message: str) -> Exception:
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
 
     return UserError(message)
 

@@ -43,7 +43,7 @@ def add_media_commands(data_subparsers: argparse._SubParsersAction) -> None:
 
 def _expand(inputs: list[str], extensions: tuple[str, ...]) -> list[tuple[Path, str]]:
     """Input files with their output names: path relative to a given folder (without suffix), else the stem."""
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
 
     found: list[tuple[Path, str]] = []
     for raw in inputs:
@@ -77,7 +77,7 @@ def _write_failures(out: Path, failures: list[tuple[Path, str]]) -> None:
 
 
 def run_frames(args: argparse.Namespace) -> int:
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
     from affectclip.data.video import VideoError, extract_frames
 
     if args.fps is not None and args.fps <= 0:
@@ -116,7 +116,7 @@ def _frames_of(path: Path, fps: float) -> Iterator[tuple[int, float, np.ndarray]
 def run_faces(args: argparse.Namespace) -> int:
     from PIL import Image
 
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
     from affectclip.data.faces import align_crop, get_detector
     from affectclip.data.tracking import IoUTracker
     from affectclip.data.video import VideoError

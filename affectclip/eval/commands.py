@@ -73,7 +73,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _user_errors(fn):
     """Turn bad-input exceptions from the adapters/builders into `UserError` (one clear line, exit code 2)."""
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
 
     def wrapped(*a: Any, **k: Any) -> Any:
         try:
@@ -253,8 +253,8 @@ def _report(metrics: dict[str, Any], path: Path) -> None:
 def _cmd_run(args: argparse.Namespace) -> int:
     import os
 
+    from affectclip.core.distributed import cleanup, init_distributed
     from affectclip.eval.results import fold_mean_record, write_record
-    from affectclip.train.distributed import cleanup, init_distributed
 
     folds = _user_errors(_folds)(args)
     rank = int(os.environ.get("RANK", "0"))

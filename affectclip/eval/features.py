@@ -27,6 +27,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from affectclip.core.distributed import rank_world
 from affectclip.models.temporal import masked_mean
 
 VIDEO_POOLS = ("mean_embed", "mean_logits")
@@ -125,13 +126,6 @@ def _stack(samples: list[dict[str, Any]], device: str) -> dict[str, torch.Tensor
     return batch
 
 
-def _rank_world() -> tuple[int, int]:
-    """(rank, world size) of the initialised process group (torchrun), else (0, 1)."""
-    if torch.distributed.is_available() and torch.distributed.is_initialized():
-        return torch.distributed.get_rank(), torch.distributed.get_world_size()
-    return 0, 1
-
-
 @torch.no_grad()
 def _encode_shard(model, dataset, indices: list[int], batch_size: int, device: str, video_pool: str,
                   keep_frames: bool, num_workers: int, mask_policy: str) -> dict[str, Any]:
@@ -181,7 +175,7 @@ def extract_features(
     if len(dataset) == 0:
         raise ValueError("the evaluation split is empty; check the split file / manifest")
     model.eval().to(device)
-    rank, world = _rank_world()
+    rank, world = rank_world()
     shard = _encode_shard(model, dataset, list(range(rank, len(dataset), world)), batch_size, device, video_pool,
                           keep_frames, num_workers, mask_policy)
     shards = [shard]
@@ -242,7 +236,7 @@ def cached_features(cache_dir: str | Path, key_parts: dict[str, Any], **extract_
                 captions=meta["captions"],
             ), True
     fs = extract_features(**extract_kwargs)
-    if _rank_world()[0] != 0:
+    if rank_world()[0] != 0:
         return fs, False
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {"features": fs.features, "labels": fs.labels, "indices": fs.indices}

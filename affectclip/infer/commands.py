@@ -18,7 +18,7 @@ EXIT_EPILOG = (
 
 
 def _user_error(message: str) -> Exception:
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
 
     return UserError(message)
 

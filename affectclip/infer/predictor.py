@@ -27,6 +27,7 @@ import pandas as pd
 import torch
 import torch.nn.functional as F
 
+from affectclip.core.distributed import resolve_device
 from affectclip.infer.media import MediaItem, discover, expected_frames, iter_item_frames
 
 FERPLUS_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
@@ -47,12 +48,6 @@ def default_model_path() -> Path:
             "affectclip.load('model.safetensors') in Python or --model model.safetensors on the command line"
         )
     return DEFAULT_MODEL_FILE
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def load(

@@ -24,6 +24,8 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
+from affectclip.core.io import atomic_path
+
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "affectclip_config"
@@ -288,12 +290,8 @@ def save_checkpoint(
 def _write_atomic(tensors: dict[str, torch.Tensor], path: Path, metadata: dict[str, str]) -> Path:
     """Temp file, then rename: a crash never leaves a half-written checkpoint under the final name."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
+    with atomic_path(path) as tmp:
         save_file(tensors, str(tmp), metadata=metadata)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
     return path
 
 

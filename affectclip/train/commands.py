@@ -59,7 +59,7 @@ def register(sub: argparse._SubParsersAction) -> None:
 
 
 def _load(config: str, overrides: list[str]):
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
     from affectclip.train.config import ConfigError, load_config
 
     try:
@@ -69,7 +69,7 @@ def _load(config: str, overrides: list[str]):
 
 
 def _run(cfg, output: str, resume: bool = False, overwrite: bool = False) -> dict[str, Any]:
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
     from affectclip.train.config import ConfigError
     from affectclip.train.loop import train
 
@@ -80,7 +80,7 @@ def _run(cfg, output: str, resume: bool = False, overwrite: bool = False) -> dic
 
 
 def _train(args: argparse.Namespace) -> int:
-    from affectclip.train.distributed import is_main_process
+    from affectclip.core.distributed import is_main_process
 
     cfg = _load(args.config, args.overrides)
     summary = _run(cfg, args.output, args.resume, args.overwrite)
@@ -100,9 +100,9 @@ def _train(args: argparse.Namespace) -> int:
 
 
 def _features(args: argparse.Namespace) -> int:
-    from affectclip.cli import UserError
+    from affectclip.core.distributed import is_main_process
+    from affectclip.core.errors import UserError
     from affectclip.train.config import ConfigError
-    from affectclip.train.distributed import is_main_process
     from affectclip.train.features import build_feature_cache
 
     cfg = _load(args.config, args.overrides)
@@ -126,7 +126,7 @@ def _features(args: argparse.Namespace) -> int:
 
 
 def _average(args: argparse.Namespace) -> int:
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
     from affectclip.models.checkpoint import average_checkpoints
 
     out = Path(args.output)
@@ -169,7 +169,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _plot(args: argparse.Namespace) -> int:
-    from affectclip.cli import UserError
+    from affectclip.core.errors import UserError
     from affectclip.train.plot import plot_run
 
     try:

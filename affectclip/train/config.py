@@ -16,11 +16,9 @@ from typing import Any
 
 import yaml
 
+from affectclip.core.errors import ConfigError
+
 RECIPES_DIR = Path(__file__).resolve().parents[1] / "recipes"
-
-
-class ConfigError(ValueError):
-    """A recipe/override problem; the message names the dotted key and what is allowed."""
 
 
 MISSING = "???"  # a recipe value the user must give (OmegaConf's marker), e.g. stage 2's model.pretrained
@@ -293,3 +291,10 @@ def _coerce(tp: Any, value: Any, key: str) -> Any:
     if tp is float:
         raise ConfigError(f"'{key}' must be a number, got {value!r}")
     return value
+
+
+def diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
+    """Dotted key paths where two config dicts differ (a resumed run or a feature cache against the config now)."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        return [k for key in set(a) | set(b) for k in diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]

@@ -74,8 +74,8 @@ def model_key(cfg: TrainConfig, model: nn.Module) -> dict[str, Any]:
 
 def build_frozen_model(cfg: TrainConfig, device: torch.device) -> nn.Module:
     """The recipe's model initialised exactly as `train` does on rank 0 (same seeds), in eval mode."""
+    from affectclip.core.distributed import seed_everything
     from affectclip.models.factory import create_model
-    from affectclip.train.loop import seed_everything
 
     require_frozen_towers(cfg)
     seed_everything(cfg.run.seed)
@@ -173,10 +173,9 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
     Under torchrun each rank encodes every world_size-th sample; the shards are gathered (every rank holds the
     whole split's features for a moment) and rank 0 writes them in dataset order.
     """
+    from affectclip.core.distributed import cleanup, device_and_rank, gather_lists, seed_everything
     from affectclip.models.factory import get_tokenizer
     from affectclip.train.data import build_datasets
-    from affectclip.train.distributed import cleanup, gather_lists
-    from affectclip.train.loop import device_and_rank, seed_everything
 
     require_set(cfg)
     require_frozen_towers(cfg)
@@ -187,7 +186,7 @@ def build_feature_cache(cfg: TrainConfig, out_dir: str | os.PathLike, overwrite:
         source = getattr(cfg.data, role)
         if source and source.startswith(SOURCE_PREFIX):
             raise ConfigError(f"data.{role}={source} is already a feature cache; point it at the data to encode")
-    device, info = device_and_rank(cfg.run.device)  # under torchrun every rank encodes a shard; rank 0 writes
+    device, info = device_and_rank(cfg.run.device, "run.device")  # under torchrun every rank encodes a shard; rank 0 writes
     model = build_frozen_model(cfg, device)
     if info.enabled:  # the towers are built alike on every rank; the augmentation draws must differ
         seed_everything(cfg.run.seed + info.rank)
@@ -299,9 +298,9 @@ class FeatureDataset(Dataset):
 
 
 def _check_key(cached: dict[str, Any], current: dict[str, Any], where: Path) -> None:
-    from affectclip.train.loop import _diff_keys
+    from affectclip.train.config import diff_keys
 
-    diff = sorted(_diff_keys(cached, current))
+    diff = sorted(diff_keys(cached, current))
     if not diff:
         return
     shown = [f"{key}: cache {_short(_lookup(cached, key))} vs now {_short(_lookup(current, key))}" for key in diff[:6]]

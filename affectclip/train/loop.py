@@ -35,15 +35,17 @@ import torch.nn as nn
 import yaml
 from torch.utils.data import DataLoader, Dataset, IterableDataset, Sampler
 
-from affectclip.errors import RunError
-from affectclip.train.config import ConfigError, TrainConfig, require_set
-from affectclip.train.distributed import (
+from affectclip.core.distributed import (
     DistInfo,
     all_ranks_have_samples,
     cleanup,
+    device_and_rank,
     gather_lists,
-    init_distributed,
+    seed_everything,
 )
+from affectclip.core.errors import RunError
+from affectclip.core.io import atomic_write_text
+from affectclip.train.config import ConfigError, TrainConfig, diff_keys, require_set
 
 PRECISION_DTYPES = {"bf16": torch.bfloat16, "fp16": torch.float16}
 
@@ -186,34 +188,6 @@ def lr_multiplier(step: int, total_steps: int, steps_per_epoch: int, cfg: TrainC
 # ----------------------------------------------------------------------------------------------- run folder
 
 
-def seed_everything(seed: int) -> None:
-    """Seed torch, NumPy and Python's RNGs: model initialisation and augmentation draw from all three."""
-    torch.manual_seed(seed)
-    np.random.seed(seed)
-    random.seed(seed)
-
-
-def _resolve_device(spec: str) -> torch.device:
-    if spec == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(spec)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ConfigError(f"run.device={spec} but no CUDA device is visible here; use run.device=cpu (or auto)")
-    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
-        raise ConfigError(f"run.device={spec} but only {torch.cuda.device_count()} CUDA device(s) exist")
-    return device
-
-
-def device_and_rank(spec: str) -> tuple[torch.device, DistInfo]:
-    """The run's device and its place in the process group: under torchrun each rank takes the GPU of its
-    LOCAL_RANK; a plain process is rank 0 of 1."""
-    device = _resolve_device(spec)
-    info = init_distributed(device.type)
-    if device.type == "cuda" and info.enabled:
-        device = torch.device("cuda", info.local_rank)
-    return device, info
-
-
 def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: bool) -> None:
     """Refuse to mix runs: an existing run folder needs --resume (same config) or --overwrite.
 
@@ -228,11 +202,11 @@ def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: boo
                 shutil.rmtree(child) if child.is_dir() else child.unlink()
         elif resume:
             old = yaml.safe_load(existing.read_text())
-            diff = sorted(_diff_keys(old, current))
+            diff = sorted(diff_keys(old, current))
             if diff == ["run.epochs"] and current["run"]["epochs"] > old["run"]["epochs"]:
                 print(f"note: extending the run in {out} from {old['run']['epochs']} to {current['run']['epochs']} "
                       "epochs; the learning-rate schedule is recomputed for the new length from the current step")
-                _atomic_write(existing, yaml.safe_dump(current, sort_keys=False))
+                atomic_write_text(existing, yaml.safe_dump(current, sort_keys=False))
             elif diff == ["run.epochs"]:
                 raise ConfigError(f"{out} holds a run of {old['run']['epochs']} epochs; --resume can extend it "
                                   f"(a larger run.epochs) but not shorten it to {current['run']['epochs']}")
@@ -245,19 +219,7 @@ def prepare_output_dir(out: Path, cfg: TrainConfig, resume: bool, overwrite: boo
     elif out.exists() and any(out.iterdir()) and not overwrite:
         raise ConfigError(f"{out} is not empty and holds no affectclip run; choose an empty or new --output folder")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "config.yaml", yaml.safe_dump(current, sort_keys=False))
-
-
-def _diff_keys(a: Any, b: Any, prefix: str = "") -> list[str]:
-    if isinstance(a, dict) and isinstance(b, dict):
-        return [k for key in set(a) | set(b) for k in _diff_keys(a.get(key), b.get(key), f"{prefix}{key}.")]
-    return [] if a == b else [prefix.rstrip(".")]
-
-
-def _atomic_write(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    atomic_write_text(out / "config.yaml", yaml.safe_dump(current, sort_keys=False))
 
 
 def _rng_state() -> dict[str, Any]:
@@ -294,7 +256,7 @@ def save_training_state(out: Path, model: nn.Module, task: nn.Module, optimizer:
     (tmp / "state.json").write_text(json.dumps(position))
     shutil.rmtree(ckpt, ignore_errors=True)
     os.replace(tmp, ckpt)
-    _atomic_write(out / "latest.json", json.dumps({**position, "dir": str(ckpt.relative_to(out))}))
+    atomic_write_text(out / "latest.json", json.dumps({**position, "dir": str(ckpt.relative_to(out))}))
     for old in sorted((out / "checkpoints").glob("step_*"))[:-keep_last] if keep_last > 0 else []:
         if old.suffix != ".tmp":
             shutil.rmtree(old, ignore_errors=True)
@@ -410,7 +372,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
     from affectclip.train.tasks import CachedTokenizer, build_task
 
     require_set(cfg)
-    device, info = device_and_rank(cfg.run.device)
+    device, info = device_and_rank(cfg.run.device, "run.device")
     if cfg.run.precision not in ("fp32", "bf16", "fp16"):
         raise ConfigError(f"run.precision '{cfg.run.precision}' is unknown; use fp32, bf16 or fp16")
     out = Path(output_dir) if output_dir else None
@@ -592,7 +554,7 @@ def train(cfg: TrainConfig, output_dir: str | os.PathLike | None, resume: bool =
         from affectclip.models.checkpoint import save_checkpoint
 
         save_checkpoint(model, out / "model.safetensors")
-        _atomic_write(out / "run_summary.json", json.dumps(summary, indent=2, default=str))
+        atomic_write_text(out / "run_summary.json", json.dumps(summary, indent=2, default=str))
     cleanup(info)
     summary["model"] = model
     return summary

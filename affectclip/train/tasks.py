@@ -20,9 +20,9 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from affectclip.core.distributed import DistInfo
 from affectclip.eval.features import has_subject_token
 from affectclip.train.config import ConfigError, TrainConfig
-from affectclip.train.distributed import DistInfo
 
 
 def caption_text(caption: Any, field: str) -> str:

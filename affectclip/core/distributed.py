@@ -1,4 +1,5 @@
-"""Process-group setup from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); single process otherwise.
+"""Device resolution and process-group setup from torchrun's environment (RANK, WORLD_SIZE, LOCAL_RANK); a single
+process otherwise. The one home for "which device, which rank" used by train, eval and infer alike.
 
 NCCL on GPU, gloo on CPU. Only rank 0 writes files; every rank reads the same config.
 """
@@ -6,10 +7,14 @@ NCCL on GPU, gloo on CPU. Only rank 0 writes files; every rank reads the same co
 from __future__ import annotations
 
 import os
+import random
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.distributed as dist
+
+from affectclip.core.errors import ConfigError, UserError
 
 
 @dataclass(frozen=True)
@@ -30,6 +35,47 @@ class DistInfo:
 def is_main_process() -> bool:
     """Rank 0 of a torchrun launch, or a plain single process: the one that reports to the user."""
     return int(os.environ.get("RANK", "0")) == 0
+
+
+def resolve_device(spec: str | torch.device, option: str = "--device") -> torch.device:
+    """`auto` (CUDA when visible, else CPU) or an explicit device; a `UserError` naming `option` when the device
+    does not exist here (a `ConfigError` when `option` is a config key such as `run.device`)."""
+    error = UserError if option.startswith("-") else ConfigError
+    if str(spec) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(spec)
+    except RuntimeError as exc:
+        raise error(f"{option}={spec} is not a device; use auto, cpu, cuda or cuda:N") from exc
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise error(f"{option}={spec} but no CUDA device is visible here; use {option}=cpu (or auto)")
+    if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+        raise error(f"{option}={spec} but only {torch.cuda.device_count()} CUDA device(s) exist")
+    return device
+
+
+def device_and_rank(spec: str | torch.device, option: str = "--device") -> tuple[torch.device, DistInfo]:
+    """The job's device and its place in the process group: under torchrun each rank takes the GPU of its
+    LOCAL_RANK (an explicit `cuda:0` would put every rank on one GPU); a plain process is rank 0 of 1."""
+    device = resolve_device(spec, option)
+    info = init_distributed(device.type)
+    if device.type == "cuda" and info.enabled:
+        device = torch.device("cuda", info.local_rank)
+    return device, info
+
+
+def rank_world() -> tuple[int, int]:
+    """(rank, world size) of the initialised process group (torchrun), else (0, 1)."""
+    if dist.is_available() and dist.is_initialized():
+        return dist.get_rank(), dist.get_world_size()
+    return 0, 1
+
+
+def seed_everything(seed: int) -> None:
+    """Seed torch, NumPy and Python's RNGs: model initialisation and augmentation draw from all three."""
+    torch.manual_seed(seed)
+    np.random.seed(seed)
+    random.seed(seed)
 
 
 def init_distributed(device_type: str) -> DistInfo:
