@@ -152,15 +152,11 @@ def _prepare(args: argparse.Namespace, fold: int | None = None, rank: int = 0) -
 def _load(args: argparse.Namespace, device: str) -> dict[str, Any]:
     """Model, tokenizer, transform, the identity that keys the feature cache, and the resolved mask policy."""
     import affectclip
-    from affectclip.eval.features import has_subject_token
+    from affectclip.eval.protocol import resolve_mask_policy
     from affectclip.eval.results import sha256_file
 
     model = affectclip.create_model(args.model, pretrained=args.pretrained, device=device)
-    subject = has_subject_token(model)
-    policy = args.mask_policy or ("full" if subject else "none")
-    if policy != "none" and not subject:
-        raise ValueError(f"--mask-policy {policy} needs a model with a subject token (vision_cfg.subject_token); "
-                         f"{args.model} has none: use --mask-policy none")
+    policy = resolve_mask_policy(model, args.mask_policy)
     weights = args.pretrained or (args.model if Path(args.model).is_file() else None)
     return {"model": model, "tokenizer": affectclip.get_tokenizer(model), "transform": affectclip.create_transforms(model),
             "device": device, "mask_policy": policy,
@@ -197,10 +193,12 @@ def _evaluate(args: argparse.Namespace, prep: dict[str, Any], loaded: dict[str, 
     fs = {k: _features(loaded, m, classes, args) for k, m in prep["manifests"].items()}
     ev = fs["eval"]
     if args.task == "zeroshot":
-        from affectclip.eval.zeroshot import evaluate_zero_shot
+        from affectclip.eval.protocol import ZeroShotProtocol
 
-        return evaluate_zero_shot(model, tokenizer, None, classes, prep["prompts"], args.agg, device=device,
-                                  video_pool=args.video_pool, compounds=prep.get("compounds"), features=ev)
+        protocol = ZeroShotProtocol(prompts=args.prompts, agg=args.agg, mask_policy=loaded["mask_policy"],
+                                    video_pool=args.video_pool)
+        return protocol.evaluate(model, tokenizer, classes, features=ev, device=device,
+                                 compounds=prep.get("compounds"))
     if args.task == "retrieval":
         from affectclip.eval.retrieval import evaluate_retrieval
 

@@ -141,12 +141,13 @@ def evaluate_zero_shot(
     video_pool: str = "mean_embed",
     compounds: dict[str, Sequence[str]] | None = None,
     features: FeatureSet | None = None,
+    mask_policy: str = "none",
 ) -> dict:
     """Zero-shot WAR/UAR/per-class recall/confusion matrix on `dataset` in its native class order `classes`.
 
     `prompts` maps each class (or, with `compounds`, each component class) to its texts. Samples that failed to load
     count in `n_failures` and as wrong in `war_all`. Pass precomputed `features` (e.g. from `cached_features`) to skip
-    extraction.
+    extraction. `mask_policy` is the subject-mask policy of the extraction (see `eval.protocol`).
     """
     classes = list(classes)
     wanted = sorted({c for comps in compounds.values() for c in comps}) if compounds else classes
@@ -162,7 +163,8 @@ def evaluate_zero_shot(
     if compounds is not None:
         clf = compose_classes(clf, {c: compounds[c] for c in classes})
     keep_frames = video_pool == "mean_logits"
-    fs = features or extract_features(model, dataset, batch_size, device, video_pool, keep_frames=keep_frames)
+    fs = features or extract_features(model, dataset, batch_size, device, video_pool, keep_frames=keep_frames,
+                                        mask_policy=mask_policy)
     bad = fs.labels[(fs.labels < 0) | (fs.labels >= len(classes))]
     if bad.size:
         raise ValueError(f"{bad.size} samples have labels outside 0..{len(classes) - 1} (e.g. {int(bad[0])}); "

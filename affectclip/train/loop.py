@@ -608,16 +608,14 @@ def _check_finite(out: dict[str, Any], micro: list[dict[str, Any]], step: int) -
 @torch.no_grad()
 def validate(model: nn.Module, tokenizer, val_ds, classes: list[str], cfg: TrainConfig,
              device: torch.device) -> dict[str, Any]:
-    """Zero-shot classification of the labelled validation split with the recipe's prompts."""
-    from affectclip.eval.prompts import build_prompts
-    from affectclip.eval.zeroshot import evaluate_zero_shot
+    """Zero-shot classification of the labelled validation split with the recipe's prompts, through the same
+    protocol object as `affectclip eval run` (so both give the same numbers on the same model and data)."""
+    from affectclip.eval.protocol import ZeroShotProtocol
 
-    was_training = model.training
     cached = val_ds.feature_set(model, device) if hasattr(val_ds, "feature_set") else None  # features:DIR cache
-    res = evaluate_zero_shot(model, tokenizer, val_ds if cached is None else None, classes,
-                             build_prompts(classes, cfg.eval.prompts), agg=cfg.eval.agg,
-                             batch_size=cfg.data.batch_size, device=str(device), features=cached)
-    model.train(was_training)
+    protocol = ZeroShotProtocol(prompts=cfg.eval.prompts, agg=cfg.eval.agg)
+    res = protocol.evaluate(model, tokenizer, classes, dataset=val_ds if cached is None else None, features=cached,
+                            batch_size=cfg.data.batch_size, device=str(device))
     keep = ("war", "uar", "n_samples", "n_failures", "per_class_recall", "confusion_matrix")
     return {k: v for k, v in res["metrics"].items() if k in keep}
 
