@@ -12,9 +12,19 @@ import json
 import time
 from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Literal
+from typing import Annotated, Literal
 
-from fastapi import FastAPI, File, Form, HTTPException, Query, Request, UploadFile, WebSocket, WebSocketDisconnect
+from fastapi import (
+    FastAPI,
+    File,
+    Form,
+    HTTPException,
+    Query,
+    Request,
+    UploadFile,
+    WebSocket,
+    WebSocketDisconnect,
+)
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
@@ -183,14 +193,14 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
                          415: {"description": "not an image or video (by content)"},
                          503: {"description": "queue full; retry after the Retry-After seconds"}})
     async def predict(
-        file: UploadFile = File(..., description="an image or a video; its type is read from its content"),
-        labels: str | None = Form(None, description="comma-separated labels; default: the 8 FER+ classes"),
-        prompts: str | None = Form(None, description="prompt set (see /info) or 'text' for labels verbatim"),
-        fps: float = Form(5.0, description="video sampling rate, 0 = every frame"),
-        detector: Detector = Form("default"),
-        detect_faces: bool = Form(True, description="false: score the whole image as one face"),
-        agg: Literal["embedding", "logit"] = Form("embedding"),
-        format: Format = Form("json", description="json or csv"),
+        file: Annotated[UploadFile, File(description="an image or a video; its type is read from its content")],
+        labels: Annotated[str | None, Form(description="comma-separated labels; default: the 8 FER+ classes")] = None,
+        prompts: Annotated[str | None, Form(description="prompt set (see /info), 'text' = labels verbatim")] = None,
+        fps: Annotated[float, Form(description="video sampling rate, 0 = every frame")] = 5.0,
+        detector: Annotated[Detector, Form()] = "default",
+        detect_faces: Annotated[bool, Form(description="false: score the whole image as one face")] = True,
+        agg: Annotated[Literal["embedding", "logit"], Form()] = "embedding",
+        format: Annotated[Format, Form(description="json or csv")] = "json",
     ) -> Response:
         label_list = parse_labels(labels, prompts)
         rate = _fps(fps)
@@ -218,10 +228,10 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
               responses={202: {"description": "a video: a job"}, 413: {"description": "too large"},
                          415: {"description": "not an image or video"}, 503: {"description": "busy"}})
     async def embed(
-        file: UploadFile = File(...),
-        fps: float = Form(5.0),
-        detector: Detector = Form("default"),
-        detect_faces: bool = Form(True),
+        file: Annotated[UploadFile, File(description="an image or a video")],
+        fps: Annotated[float, Form(description="video sampling rate, 0 = every frame")] = 5.0,
+        detector: Annotated[Detector, Form()] = "default",
+        detect_faces: Annotated[bool, Form()] = True,
     ) -> Response:
         rate = _fps(fps)
         upload = await uploads.receive(file, settings)
@@ -250,7 +260,7 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
 
     @app.get(f"{API}/jobs/{{job_id}}/result", tags=["jobs"], summary="a finished job's rows (JSON or CSV)",
              responses={404: {"description": "unknown job"}, 409: {"description": "not finished, or failed"}})
-    async def job_result(job_id: str, format: Format = Query("json")) -> Response:
+    async def job_result(job_id: str, format: Annotated[Format, Query()] = "json") -> Response:
         job = _job(job_id)
         if job.status != "done":
             why = f": {job.error}" if job.error else f"; poll {API}/jobs/{job.id} until status is done"
