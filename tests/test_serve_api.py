@@ -336,3 +336,15 @@ def test_live_websocket_scores_frames(serve):
         assert ws.receive_json()["error"].startswith("labels is empty")
         ws.send_text("[1, 2]")
         assert ws.receive_json()["error"].startswith("send a JSON object")
+
+
+def test_rows_never_show_the_server_temp_path(tmp_path):
+    from affectclip.serve.sniff import sniff
+    from affectclip.serve.uploads import Upload
+
+    path = tmp_path / "affectclip-serve-x" / "upload.mp4"
+    upload = Upload("clip.mp4", sniff(b"\x00\x00\x00\x18ftypmp42"), folder=path.parent, path=path)
+    df = pd.DataFrame({"source": [str(path)] * 2, "status": ["ok", f"error: {path}: decoding failed at frame 7"]})
+    rows = upload.label_rows(df)
+    assert rows["source"].tolist() == ["clip.mp4", "clip.mp4"]
+    assert rows["status"].tolist() == ["ok", "error: clip.mp4: decoding failed at frame 7"]

@@ -171,7 +171,7 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
 
     def start_job(kind: str, upload: uploads.Upload, fps: float | None, work) -> JSONResponse:
         job = Job(kind=kind, name=upload.name, run=work, total=uploads.expected_frames(upload, fps),
-                  folder=upload.folder)
+                  folder=upload.folder, redact=upload.redact)
         worker.submit_job(job)  # Busy -> 503 (and the folder is removed)
         return JSONResponse(job_view(job), 202, headers={"Location": f"{API}/jobs/{job.id}"})
 
@@ -210,16 +210,13 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
         if upload.sniffed.kind == "image":
             def work():
                 image = uploads.decode_image(upload, settings)
-                df = models.get(detector).predict(image, fps=rate, **kwargs)
-                df["source"] = upload.name
-                return df
+                return upload.label_rows(models.get(detector).predict(image, fps=rate, **kwargs))
 
             return table_response(await run(work), format, upload.name)
 
         def video_work(on_frame):
-            df = models.get(detector).predict(str(upload.path), fps=rate, on_frame=on_frame, **kwargs)
-            df["source"] = upload.name
-            return df
+            return upload.label_rows(models.get(detector).predict(str(upload.path), fps=rate, on_frame=on_frame,
+                                                                  **kwargs))
 
         return start_job("predict", upload, rate, video_work)
 
@@ -237,7 +234,7 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
         upload = await uploads.receive(file, settings)
 
         def finish(meta, emb) -> dict:
-            meta["source"] = upload.name
+            meta = upload.label_rows(meta)
             return {"columns": list(meta.columns), "rows": records(meta), "embeddings": embedding_lists(emb)}
 
         if upload.sniffed.kind == "image":

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 from fastapi import HTTPException, UploadFile
 from starlette.concurrency import run_in_threadpool
 
@@ -36,6 +37,16 @@ class Upload:
     path: Path | None = None
     duration: float = 0.0
     fps: float = 0.0
+
+    def redact(self, text: str) -> str:
+        """`text` with the server's temp path of this upload replaced by the client's name."""
+        return text.replace(str(self.path), self.name) if self.path is not None else text
+
+    def label_rows(self, df: pd.DataFrame) -> pd.DataFrame:
+        """Result rows as the client sees them: its file name as `source`, no server path in `status`."""
+        df["source"] = self.name
+        df["status"] = df["status"].map(self.redact)
+        return df
 
     def cleanup(self) -> None:
         if self.folder is not None:
@@ -111,7 +122,7 @@ def _check_video(upload: Upload, settings: ServeSettings) -> None:
 def _reason(exc: BaseException, upload: Upload) -> str:
     """A decoder's message without the server's temp path."""
     text = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-    return text.replace(f"{upload.path}: ", "").replace(str(upload.path), upload.name)
+    return upload.redact(text.replace(f"{upload.path}: ", ""))
 
 
 def decode_image(upload: Upload, settings: ServeSettings) -> np.ndarray:

@@ -44,6 +44,7 @@ class Job:
     run: Callable[[Callable[[], None]], Any]
     total: int | None = None  # expected frames, for the progress fraction
     folder: Path | None = None
+    redact: Callable[[str], str] = str  # scrubs server paths from an error message
     id: str = field(default_factory=lambda: secrets.token_urlsafe(12))
     status: str = "queued"  # queued | running | done | failed | cancelled
     done: int = 0
@@ -206,7 +207,7 @@ class Worker:
         except Cancelled:
             result, status, error = None, "cancelled", "cancelled"
         except Exception as exc:  # noqa: BLE001 — a failed job reports why; the server goes on
-            result, status, error = None, "failed", one_line(exc)
+            result, status, error = None, "failed", job.redact(one_line(exc))
         finally:
             job.cleanup()
         with self._cv:
