@@ -348,3 +348,39 @@ def test_rows_never_show_the_server_temp_path(tmp_path):
     rows = upload.label_rows(df)
     assert rows["source"].tolist() == ["clip.mp4", "clip.mp4"]
     assert rows["status"].tolist() == ["ok", "error: clip.mp4: decoding failed at frame 7"]
+
+
+def test_images_are_answered_while_a_video_job_runs(serve):
+    """A running job hands the model thread to waiting images between its frames: no image waits for a video."""
+    from affectclip.serve.worker import Job
+
+    c = serve()
+    release, frames = threading.Event(), []
+
+    def long_video(on_frame):
+        deadline = time.time() + 10  # without the hand-over the image waits for this and the job is done
+        while not release.is_set() and time.time() < deadline:
+            frames.append(1)
+            on_frame()
+            time.sleep(0.01)
+        return pd.DataFrame()
+
+    job = c.app.state.worker.submit_job(Job(kind="predict", name="long.mp4", run=long_video, total=1000))
+    while c.get(f"/api/v1/jobs/{job.id}").json()["status"] != "running":
+        time.sleep(0.01)
+    r = c.post("/api/v1/predict", files=photo())
+    status = c.get(f"/api/v1/jobs/{job.id}").json()
+    release.set()
+    assert r.status_code == 200 and r.json()["rows"][0]["top_label"] == "happiness"
+    assert status["status"] == "running" and 0 < status["progress"]["fraction"] < 1
+
+
+def test_failed_job_reports_why(serve):
+    from affectclip.serve.worker import Job
+
+    c = serve()
+    job = c.app.state.worker.submit_job(Job(kind="predict", name="x.mp4", run=lambda on_frame: 1 / 0))
+    body = wait_job(c, {"id": job.id, "status_url": f"/api/v1/jobs/{job.id}"})
+    assert body["status"] == "failed" and body["error"] == "division by zero" and body["result_url"] is None
+    r = c.get(f"/api/v1/jobs/{job.id}/result")
+    assert r.status_code == 409 and r.json() == {"error": f"job {job.id} is failed: division by zero"}
