@@ -41,10 +41,35 @@ def rss_mb() -> float:
     return 0.0
 
 
+@pytest.fixture(scope="module")
+def model():
+    return affectclip.load()
+
+
+def test_streamed_upload_without_length_is_cut_off(model, tmp_path):
+    """A chunked body (no Content-Length) is counted as it arrives and refused past the limit; nothing is kept."""
+    boundary = "affectclip-test-boundary"
+
+    def body(chunks: int):
+        yield (f'--{boundary}\r\nContent-Disposition: form-data; name="file"; filename="a.mp4"\r\n\r\n').encode()
+        yield b"\x00\x00\x00\x18ftypmp42"
+        for _ in range(chunks):
+            yield bytes(1 << 16)
+        yield f"\r\n--{boundary}--\r\n".encode()
+
+    app = create_app(model, ServeSettings(temp_dir=tmp_path, max_upload_mb=1))
+    with running_server(app) as url:
+        r = httpx.post(f"{url}/api/v1/predict", content=body(64), timeout=60,
+                       headers={"content-type": f"multipart/form-data; boundary={boundary}"})
+    assert r.request.headers["transfer-encoding"] == "chunked"
+    assert r.status_code == 413 and r.json() == {"error": "request body over the 1 MB upload limit (--max-upload-mb)"}
+    assert list(tmp_path.iterdir()) == []
+
+
 @pytest.mark.slow
-def test_sixteen_clients_all_answered_with_identical_results(tmp_path):
+def test_sixteen_clients_all_answered_with_identical_results(model, tmp_path):
     image = small_face()
-    app = create_app(affectclip.load(), ServeSettings(temp_dir=tmp_path, max_queue=QUEUE))
+    app = create_app(model, ServeSettings(temp_dir=tmp_path, max_queue=QUEUE))
     with running_server(app) as url:
         with httpx.Client(base_url=url, timeout=120) as client:
             single = client.post("/api/v1/predict", files={"file": ("face.jpg", image)})

@@ -105,7 +105,9 @@ def _check_video(upload: Upload, settings: ServeSettings) -> None:
 
     try:
         info = probe(upload.path)
-    except (VideoError, OSError) as exc:
+    except VideoError as exc:  # its messages already say what is wrong and what to do
+        raise HTTPException(400, f"{upload.name}: {_reason(exc, upload)}") from exc
+    except OSError as exc:
         raise HTTPException(400, f"{upload.name}: not a readable video ({_reason(exc, upload)})") from exc
     duration = info.duration or (info.n_frames / info.fps if info.fps else 0.0)
     if not duration > 0 or not math.isfinite(duration):
