@@ -285,7 +285,8 @@ def test_token_is_required_on_every_request(serve):
             pass
     assert closed.value.code == 1008
     page = c.get(f"/?token={token}")  # the page link sets an HttpOnly cookie the page's requests then carry
-    assert page.status_code == 200 and "HttpOnly" in page.headers["set-cookie"]
+    cookie = page.headers["set-cookie"]
+    assert page.status_code == 200 and cookie.startswith(f"affectclip_token_8000={token};") and "HttpOnly" in cookie
     assert c.get("/api/v1/info").status_code == 200
     with c.websocket_connect(WS) as ws:
         ws.send_text(json.dumps({"labels": "happy, sad"}))

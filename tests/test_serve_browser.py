@@ -125,3 +125,24 @@ def test_webcam_mode_shows_live_scores(server, browser, tmp_path):
     assert fps > 0
     browser.save_screenshot(str(tmp_path / "webcam.png"))
     browser.find_element(By.ID, "webcam-stop").click()
+
+
+def test_token_server_page_works_after_opening_the_token_link(browser, tmp_path):
+    """With a token, the page opened once as /?token=T carries it (HttpOnly cookie) on fetches and the WebSocket."""
+    from selenium.webdriver.common.by import By
+
+    token = "browser-test-token"
+    app = create_app(affectclip.load(), ServeSettings(temp_dir=tmp_path, token=token, loopback_only=False))
+    with running_server(app) as url:
+        browser.get(f"{url}/api/v1/health")
+        assert "missing token" in browser.page_source
+        wait = _open(browser, f"{url}/?token={token}")
+        browser.find_element(By.ID, "file-input").send_keys(str(PHOTO))
+        cells = wait(browser, 60).until(
+            lambda d: d.find_elements(By.CSS_SELECTOR, "#faces-table tr[data-face-id] td.top-label"), "no result")
+        assert [c.text for c in cells] == ["happiness"]
+        browser.find_element(By.ID, "webcam-start").click()
+        frames = lambda d: int(d.find_element(By.ID, "live-frames").get_attribute("textContent"))  # noqa: E731
+        wait(browser, 60).until(lambda d: frames(d) >= 3, "no live frames scored with the token cookie")
+        browser.find_element(By.ID, "webcam-stop").click()
+        browser.save_screenshot(str(tmp_path / "token.png"))

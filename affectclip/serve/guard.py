@@ -2,8 +2,9 @@
 
 * **Host**: served on loopback without a token, only loopback Host headers are answered, so a web page cannot
   reach the server through a DNS name rebound to 127.0.0.1.
-* **Token** (when set): `Authorization: Bearer T`, `X-Affectclip-Token: T`, `?token=T` or the `affectclip_token`
-  cookie. Opening the page once with `?token=T` sets that cookie (HttpOnly, SameSite=Strict), so the page, its
+* **Token** (when set): `Authorization: Bearer T`, `X-Affectclip-Token: T`, `?token=T` or the
+  `affectclip_token_<port>` cookie. Opening the page once with `?token=T` sets that cookie (HttpOnly,
+  SameSite=Strict; named by port because browsers send a host's cookies to all its ports), so the page, its
   downloads and its WebSocket carry it without the token living in JavaScript.
 * **Origin** (WebSockets, which browsers let any page open): a browser's Origin must be this server.
 * **Body size**: a declared Content-Length over the limit is refused before reading; a body streamed without one is
@@ -44,8 +45,13 @@ def presented_token(scope: Scope, headers: Headers) -> str | None:
     query = parse_qs(scope.get("query_string", b"").decode("latin-1")).get("token")
     if query:
         return query[0]
-    cookie = SimpleCookie(headers.get("cookie", ""))
-    return cookie[COOKIE].value if COOKIE in cookie else None
+    cookie, name = SimpleCookie(headers.get("cookie", "")), cookie_name(scope)
+    return cookie[name].value if name in cookie else None
+
+
+def cookie_name(scope: Scope) -> str:
+    server = scope.get("server") or ("", 0)
+    return f"{COOKIE}_{server[1]}"
 
 
 class Guard:
@@ -115,7 +121,7 @@ class Guard:
                 await JSONResponse({"error": too_large}, 413)(scope, receive, send)
                 return
             if set_cookie and message["type"] == "http.response.start":
-                cookie = f"{COOKIE}={self.settings.token}; HttpOnly; SameSite=Strict; Path=/"
+                cookie = f"{cookie_name(scope)}={self.settings.token}; HttpOnly; SameSite=Strict; Path=/"
                 message = {**message, "headers": [*message.get("headers", []), (b"set-cookie", cookie.encode())]}
             await send(message)
 
