@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pandas as pd
 import pytest
+from PIL import Image
 
 pytest.importorskip("fastapi", reason="the serve extra is not installed (pip install 'affectclip[serve]')")
 
@@ -329,8 +330,19 @@ def test_live_websocket_scores_frames(serve):
         (face,) = frame["faces"]
         assert face["top_label"] == "happy" and set(face["scores"]) == {"happy", "sad", "angry"}
         assert sum(face["scores"].values()) == pytest.approx(1.0, abs=1e-6)
+        def shifted(dx: int) -> bytes:
+            buf = io.BytesIO()
+            Image.fromarray(np.roll(np.asarray(Image.open(PHOTO)), dx, axis=1)).save(buf, "JPEG")
+            return buf.getvalue()
+
+        ws.send_bytes(shifted(6))  # the same face moved a little keeps its id (tracked across frames)
+        again = ws.receive_json()
+        assert [f["face_id"] for f in again["faces"]] == [0]
+        assert again["faces"][0]["box"][0] == pytest.approx(face["box"][0] + 6, abs=3)
+        ws.send_bytes(shifted(200))  # a face far from every tracked one is a new face
+        assert [f["face_id"] for f in ws.receive_json()["faces"]] == [1]
         ws.send_bytes(b"not an image")
-        assert ws.receive_json() == {"frame": 2, "error": "a frame must be a JPEG, PNG or WebP image"}
+        assert ws.receive_json() == {"frame": 4, "error": "a frame must be a JPEG, PNG or WebP image"}
         ws.send_bytes(JPEG + bytes(100_000))
         assert "over the 100000 limit" in ws.receive_json()["error"]
         ws.send_text(json.dumps({"labels": ""}))

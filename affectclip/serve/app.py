@@ -284,9 +284,12 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
 
     @app.websocket(f"{API}/live")
     async def live(ws: WebSocket) -> None:
-        """Webcam frames in (binary JPEG/PNG/WebP), per-face scores out; a JSON text message sets labels/prompts."""
+        """Webcam frames in (binary JPEG/PNG/WebP), per-face scores out; a JSON text message sets labels/prompts.
+        Face ids are tracked across the connection's frames (greedy IoU, as `predict` tracks video faces)."""
+        from affectclip.data.tracking import IoUTracker
+
         await ws.accept()
-        config: dict = {"labels": None, "prompts": None, "detector": "default"}
+        config: dict = {"labels": None, "prompts": None, "detector": "default", "tracker": IoUTracker()}
         n = 0
         try:
             while True:
@@ -340,10 +343,11 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
             return {"frame": n, "busy": True, "retry_after": exc.retry_after}
         except HTTPException as exc:
             return {"frame": n, "error": exc.detail}
-        labels = df.attrs["labels"]
-        faces = [{"face_id": int(r["face_id"]), "box": [r["x0"], r["y0"], r["x1"], r["y1"]],
-                  "top_label": r["top_label"], "top_score": r["top_score"], "scores": {k: r[k] for k in labels}}
-                 for r in records(df[df["status"] == "ok"])]
+        labels, rows = df.attrs["labels"], records(df[df["status"] == "ok"])
+        ids = config["tracker"].update([[r["x0"], r["y0"], r["x1"], r["y1"]] for r in rows])
+        faces = [{"face_id": face_id, "box": [r["x0"], r["y0"], r["x1"], r["y1"]], "top_label": r["top_label"],
+                  "top_score": r["top_score"], "scores": {k: r[k] for k in labels}}
+                 for face_id, r in zip(ids, rows, strict=True)]
         return {"frame": n, "width": w, "height": h, "labels": labels, "faces": faces,
                 "ms": round(1000 * (time.perf_counter() - start), 1)}
 
