@@ -59,6 +59,9 @@ async function init() {
   $("file-input").addEventListener("change", (e) => { if (e.target.files.length) analyse(e.target.files[0]); });
   $("webcam-start").addEventListener("click", startWebcam);
   $("webcam-stop").addEventListener("click", stopWebcam);
+  $("job-cancel").addEventListener("click", () => {
+    if (state.job) api(`/jobs/${state.job.id}`, { method: "DELETE" }).catch((err) => setStatus(err.message, true));
+  });
   $("dl-json").addEventListener("click", (e) => { e.preventDefault(); download("json"); });
   $("dl-csv").addEventListener("click", (e) => { e.preventDefault(); download("csv"); });
 }
@@ -97,6 +100,16 @@ async function analyse(file) {
 async function followJob(job) {
   const bar = $("progress");
   bar.hidden = false;
+  $("job-cancel").hidden = false;
+  try {
+    await pollJob(job, bar);
+  } finally {
+    bar.hidden = true;
+    $("job-cancel").hidden = true;
+  }
+}
+
+async function pollJob(job, bar) {
   for (;;) {
     const { body } = await api(`/jobs/${job.id}`);
     bar.value = body.progress.fraction ?? 0;
@@ -107,7 +120,6 @@ async function followJob(job) {
   }
   const { body: result } = await api(`/jobs/${job.id}/result`);
   state.result = result;
-  bar.hidden = true;
   showVideo(result);
 }
 
