@@ -160,6 +160,13 @@ def test_predict_bad_input_is_one_json_line(serve, data, fields, status, message
     assert error.startswith(message) and "\n" not in error
 
 
+def test_unknown_route_and_method_are_json_errors(serve):
+    c = serve()
+    assert c.get("/api/v1/nope").json() == {"error": "Not Found"}
+    r = c.get("/api/v1/predict")
+    assert r.status_code == 405 and r.json() == {"error": "Method Not Allowed"}
+
+
 def test_missing_file_field(serve):
     r = serve().post("/api/v1/predict", data={"labels": "happy, sad"})
     assert r.status_code == 422 and r.json()["error"].startswith("file: Field required")

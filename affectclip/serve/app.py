@@ -28,6 +28,7 @@ from fastapi import (
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import FileResponse, JSONResponse, Response
 from fastapi.staticfiles import StaticFiles
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from affectclip.infer.predictor import DEFAULT_PROMPTS, FERPLUS_LABELS, EmotionModel, resolve_labels
 from affectclip.serve import uploads
@@ -107,11 +108,6 @@ def model_info(em: EmotionModel, settings: ServeSettings) -> dict:
     }
 
 
-def _busy(exc: Busy) -> JSONResponse:
-    return JSONResponse({"error": str(exc), "retry_after": exc.retry_after}, 503,
-                        headers={"Retry-After": str(exc.retry_after)})
-
-
 def _fps(fps: float) -> float | None:
     if fps < 0:
         raise HTTPException(400, f"fps must be >= 0 (0 = every frame), got {fps}")
@@ -138,8 +134,8 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
     app.state.worker, app.state.settings = worker, settings
     app.add_middleware(Guard, settings=settings)
 
-    @app.exception_handler(HTTPException)
-    async def _http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    @app.exception_handler(StarletteHTTPException)  # also the router's own 404 / 405
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> JSONResponse:
         return JSONResponse({"error": str(exc.detail)}, exc.status_code, headers=exc.headers)
 
     @app.exception_handler(RequestValidationError)
@@ -154,7 +150,8 @@ def create_app(model: EmotionModel, settings: ServeSettings | None = None) -> Fa
 
     @app.exception_handler(Busy)
     async def _busy_error(request: Request, exc: Busy) -> JSONResponse:
-        return _busy(exc)
+        return JSONResponse({"error": str(exc), "retry_after": exc.retry_after}, 503,
+                            headers={"Retry-After": str(exc.retry_after)})
 
     @app.exception_handler(Exception)
     async def _crash(request: Request, exc: Exception) -> JSONResponse:
