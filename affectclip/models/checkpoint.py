@@ -23,8 +23,8 @@ import torch.nn as nn
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
-from affectclip.core.errors import UserError
 from affectclip.core.io import atomic_path
+from affectclip.models.errors import CheckpointError
 from affectclip.models.torchscript import read_torchscript_tensors
 
 log = logging.getLogger(__name__)
@@ -37,10 +37,6 @@ _DROPPED_KEYS = ("attn_mask", "input_resolution", "context_length", "vocab_size"
 _WRAPPER_KEYS = ("state_dict", "model")
 _RUNTIME_PREFIXES = ("module.", "_orig_mod.")  # DDP and torch.compile wrappers
 _MAX_LISTED = 10
-
-
-class CheckpointError(UserError, ValueError):
-    """A checkpoint that cannot be used as it is: one line naming the file and the tensor or key (exit code 2)."""
 
 
 def is_torchscript(path: str | os.PathLike) -> bool:
