@@ -89,6 +89,7 @@ def test_emotionclip_training_checkpoint_reproduces_the_original_outputs():
     model = create_model(folder / "checkpoint.pt", **EMOTIONCLIP_TINY)
     cfg = model.config
     assert cfg["vision_cfg"]["subject_token"] and cfg["quick_gelu"] is False
+    assert cfg["preprocess"]["mean"] == [0.485, 0.456, 0.406]  # ImageNet stats in all of EmotionCLIP's loaders
     assert cfg["temporal_cfg"] == {"type": "emotionclip_transformer", "layers": 2, "heads": 8, "ffn_dim": 2048,
                                    "max_frames": 4}
     _check_emotionclip(model, folder)
@@ -136,6 +137,7 @@ def test_released_configs_have_the_released_sizes():
     emotionclip, emoclip = get_model_config("emotionclip-vit-b-32"), get_model_config("emoclip-vit-b-32")
     assert emotionclip["temporal_cfg"]["max_frames"] == 8 and emotionclip["temporal_cfg"]["layers"] == 6
     assert emotionclip["vision_cfg"]["width"] == 768 and emotionclip["quick_gelu"] is False
+    assert emotionclip["preprocess"]["std"] == [0.229, 0.224, 0.225] and emoclip["preprocess"]["std"][0] == 0.26862954
     assert emoclip["quick_gelu"] is True and emoclip["temporal_cfg"]["dim_head"] == 2048
     with torch.device("meta"):
         temporal = affectclip.create_model("emoclip-vit-b-32").temporal

@@ -33,6 +33,7 @@ from affectclip.models.checkpoint import (
 EMOTIONCLIP, EMOCLIP, CLIP = "emotionclip", "emoclip", "clip"
 EMOTIONCLIP_TEMPORAL_HEADS = 8  # VisualHead's nn.TransformerEncoderLayer(nhead=8), never passed by EmotionCLIP
 EMOCLIP_RELEASE_HEADS = 8  # VClip(nhead=8) in the release
+IMAGENET_MEAN, IMAGENET_STD = [0.485, 0.456, 0.406], [0.229, 0.224, 0.225]  # EmotionCLIP's loaders, all of them
 
 _EMOCLIP_RULES = [  # TemporalTransformer's Residual(PreNorm(...)) nesting -> our flat blocks
     (re.compile(r"temporal\.temporal_transformer\.layers\.(\d+)\.0\.fn\.norm\."), r"temporal.blocks.\1.0.norm."),
@@ -101,6 +102,7 @@ def infer_config(
             "max_frames": _rows(sd, "temporal.frame_position.weight"),
         }
         config["tokenizer_options"] = {"truncate_keep_eot": False}  # its tokenizer drops EOT from long texts
+        config["preprocess"] = {**config["preprocess"], "mean": IMAGENET_MEAN, "std": IMAGENET_STD}
     else:
         inner = _rows(sd, "temporal.blocks.0.0.to_qkv.weight") // 3
         heads = EMOCLIP_RELEASE_HEADS if inner % EMOCLIP_RELEASE_HEADS == 0 else None
