@@ -24,6 +24,9 @@ from affectclip.core.errors import UserError
 from affectclip.models.checkpoint import CONFIG_KEY, load_state_dict, save_checkpoint
 from affectclip.models.factory import create_model
 
+pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore:Detected pickle protocol",
+                                        "ignore::torch.jit.TracerWarning")
+
 
 class _Payload:
     """Unpickling this calls open(marker, 'w'): a file appears if the loader executes pickled code."""
@@ -190,8 +193,7 @@ def test_cli_predict_and_eval_exit_2_with_one_line(hostile, outside, name, tmp_p
 def test_openai_style_torchscript_still_loads_without_running_code(tmp_path):
     model = create_model("tiny-vit").eval()
     scripted = tmp_path / "openai.pt"
-    with pytest.warns():  # tracing warns about shape checks; irrelevant here
-        torch.jit.trace_module(model, {"encode_image": (torch.randn(1, 3, 64, 64),)}).save(str(scripted))
+    torch.jit.trace_module(model, {"encode_image": (torch.randn(1, 3, 64, 64),)}).save(str(scripted))
     # tiny-vit's head counts and activation are not OpenAI's (no weight records them): given as overrides
     loaded = create_model(scripted, quick_gelu=False, vision_cfg={"head_width": 32}, text_cfg={"heads": 2}).eval()
     images, tokens = torch.rand(2, 3, 64, 64), torch.tensor([[49406, 320, 49407] + [0] * 74])
@@ -225,3 +227,17 @@ def test_damaged_checkpoints_never_give_a_traceback(tmp_path, data):
     except UserError as exc:
         assert "\n" not in str(exc) and "damaged" in str(exc)
     assert not (tmp_path / "never").exists()
+
+
+@pytest.mark.parametrize("name", ["torchscript_setstate.pt", "pickle_payload.pt", "nan_weights.safetensors"])
+def test_search_refuses_the_model_an_index_names(hostile, outside, name, tmp_path, capsys):
+    """`search` loads the model path stored in an index's JSON: a hostile file there is refused the same way."""
+    import pandas as pd
+
+    from affectclip.infer.predictor import save_embeddings
+
+    meta = pd.DataFrame({"source": ["a.png"], "level": ["face"], "status": ["ok"]})
+    index = save_embeddings(meta, np.ones((1, 64), np.float32), tmp_path / "index.npy", str(hostile[name]))[0]
+    assert main(["search", str(index), "a nervous laugh"]) == 2
+    _one_line(capsys.readouterr().err.strip(), name)
+    assert not any(outside.iterdir())
