@@ -166,3 +166,56 @@ def test_bad_masks_and_too_many_frames_are_one_line_errors():
         model.encode_video(video)
     with pytest.raises(ShapeError, match=r"subject mask must have shape .*\(4, 64, 64\).* got \(4, 32, 32\)"):
         model.encode_video(video[:, :4], mask=torch.ones(1, 4, 32, 32))
+
+
+def test_open_clip_state_dict_converted_reproduces_its_vectors(tmp_path, testvectors_dir):
+    """`affectclip convert` on an open_clip file (QuickGELU; head counts given, as the tiny model is not 64-wide)."""
+    from affectclip.cli import main
+
+    folder = testvectors_dir / "tiny-vit-quickgelu"
+    out = tmp_path / "openclip.safetensors"
+    assert main(["convert", str(folder / "open_clip_state_dict.safetensors"), str(out), "quick_gelu=true",
+                 "vision_cfg.head_width=32", "text_cfg.heads=2"]) == 0
+    model, inp, want = create_model(out).eval(), load_file(folder / "inputs.safetensors"), load_file(
+        folder / "outputs.safetensors")
+    with torch.no_grad():
+        _close(model.encode_image(inp["images"], normalize=False), want["image_features"], "image_features")
+        _close(model.encode_text(inp["text_tokens"], normalize=False), want["text_features"], "text_features")
+    _close(model.logit_scale, want["logit_scale"], "logit_scale")
+
+
+def test_convert_refuses_bad_arguments_with_exit_2(tmp_path, capsys):
+    from affectclip.cli import main
+
+    folder = _folder("emoclip")
+    assert main(["convert", str(folder / "checkpoint.pt"), str(tmp_path / "x.pt")]) == 2
+    assert main(["convert", str(tmp_path / "missing.pt"), str(tmp_path / "x.safetensors")]) == 2
+    assert main(["convert", str(folder / "checkpoint.pt"), str(tmp_path / "x.safetensors"), "heads"]) == 2
+    lines = [line for line in capsys.readouterr().err.splitlines() if line]
+    assert len(lines) == 3 and ".safetensors" in lines[0] and "no such file" in lines[1] and "section.key" in lines[2]
+    assert not (tmp_path / "x.safetensors").exists()
+
+
+def test_released_emotionclip_layout_infers_the_named_config():
+    """A file with the release's sizes (shapes only, built on the meta device) needs no override: the inferred
+    architecture is `emotionclip-vit-b-32`."""
+    from affectclip.models.seed_layouts import convert_seed_state_dict, detect_layout, infer_config
+
+    named = get_model_config("emotionclip-vit-b-32")
+    with torch.device("meta"):
+        ours = create_model(named).state_dict()
+    raw = {}
+    for key, value in ours.items():  # our keys -> EmotionCLIP's (the inverse of seed_layouts' renames)
+        key = key.replace("temporal.encoder.", "visual_head.fusion_layer.")
+        key = key.replace("temporal.frame_position.", "visual_head.frame_position_embedding.")
+        key = "backbone." + key.removeprefix("text.") if key.startswith(("text.", "visual.")) else key
+        raw[key] = value
+    raw["logit_scale"] = raw["backbone.logit_scale"] = torch.tensor(named["init_logit_scale"])
+    raw["visual_head.position_ids"] = torch.arange(8)
+    assert detect_layout(raw) == "emotionclip"
+    inferred = infer_config(convert_seed_state_dict(raw, "emotionclip"), "emotionclip")
+    for section in ("vision_cfg", "text_cfg", "temporal_cfg"):
+        assert {k: v for k, v in inferred[section].items() if k in named[section]} == {
+            k: v for k, v in named[section].items() if k in inferred[section] and k != "dropout"}, section
+    assert (inferred["quick_gelu"], inferred["preprocess"], inferred["tokenizer_options"]) == (
+        named["quick_gelu"], named["preprocess"], named["tokenizer_options"])
