@@ -241,3 +241,22 @@ def test_search_refuses_the_model_an_index_names(hostile, outside, name, tmp_pat
     assert main(["search", str(index), "a nervous laugh"]) == 2
     _one_line(capsys.readouterr().err.strip(), name)
     assert not any(outside.iterdir())
+
+
+_TINY_CONFIG_KEYS = [("vision_cfg", k) for k in ("image_size", "patch_size", "width", "layers", "head_width",
+                                                 "mlp_ratio")] + [("text_cfg", k) for k in (
+    "context_length", "vocab_size", "width", "heads", "layers")] + [(None, "embed_dim")]
+
+
+@settings(max_examples=40, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(target=st.sampled_from(_TINY_CONFIG_KEYS),
+       value=st.one_of(st.sampled_from([0, 1, -1, 3, 10**9]), st.integers(-10, 10**12), st.floats(allow_nan=True, allow_infinity=True), st.none(),
+                       st.text(max_size=5), st.lists(st.integers(), max_size=2)))
+def test_any_value_in_a_checkpoint_config_loads_or_is_one_line(tmp_path, target, value):
+    """A checkpoint's stored config is untrusted: any value of any size key builds, or is one UserError line
+    naming the file; nothing is allocated for absurd sizes (the bounds are checked first)."""
+    path = _tiny_safetensors(tmp_path / "fuzz.safetensors", None, _set(*target, value))
+    try:
+        create_model(path)
+    except UserError as exc:
+        assert "\n" not in str(exc) and "fuzz.safetensors" in str(exc)

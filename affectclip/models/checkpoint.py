@@ -105,14 +105,17 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except SafetensorError as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {' '.join(str(exc).split())}") from exc
     if CONFIG_KEY not in metadata:
         return None
     try:
-        return json.loads(metadata[CONFIG_KEY])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: metadata '{CONFIG_KEY}' is not valid JSON ({exc})") from exc
+        config = json.loads(metadata[CONFIG_KEY])
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: metadata '{CONFIG_KEY}' is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: metadata '{CONFIG_KEY}' is a {type(config).__name__}, expected a JSON object")
+    return config
 
 
 def convert_open_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:

@@ -270,6 +270,21 @@ def check_config_sizes(config: dict[str, Any], source: str) -> None:
                                   f"{MAX_PARAMETERS / 1e9:.0f} B any supported model has; refusing to allocate it")
 
 
+def _build_checked(config: dict[str, Any], source: str) -> DualEncoder:
+    """Build a config that came from a file: inferred gaps named, sizes bounded, and any construction error
+    reported as one line naming the file (the config is as untrusted as the file)."""
+    try:
+        _check_inferred(config, source)
+        check_config_sizes(config, source)
+        return build_model(config)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"{source}: the model config cannot be built ({reason}); the config stored in or "
+                              "named by the file is corrupt or was edited by hand") from exc
+
+
 def create_model(
     name_or_path: str | os.PathLike | dict[str, Any],
     pretrained: str | os.PathLike | None = None,
@@ -298,11 +313,10 @@ def create_model(
             config = _infer(path, weights, layout, overrides.pop("quick_gelu", None))
     else:
         config = get_model_config(name_or_path)
+        if Path(name_or_path).is_file():  # a config .json: as untrusted as a checkpoint's metadata
+            source = str(name_or_path)
     config = _merge(config, overrides)
-    if source:
-        _check_inferred(config, source)
-        check_config_sizes(config, source)
-    model = build_model(config)
+    model = _build_checked(config, source) if source else build_model(config)
     if pretrained is not None:
         source = str(pretrained)
         weights, _ = read_foreign_weights(Path(pretrained))
