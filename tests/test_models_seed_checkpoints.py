@@ -219,3 +219,21 @@ def test_released_emotionclip_layout_infers_the_named_config():
             k: v for k, v in named[section].items() if k in inferred[section] and k != "dropout"}, section
     assert (inferred["quick_gelu"], inferred["preprocess"], inferred["tokenizer_options"]) == (
         named["quick_gelu"], named["preprocess"], named["tokenizer_options"])
+
+
+def test_damaged_seed_checkpoints_name_the_tensor(tmp_path):
+    folder = _folder("emotionclip")
+    ckpt = torch.load(folder / "checkpoint.pt", map_location="cpu", weights_only=True)
+    sd = ckpt["model"]
+    sd.pop("visual_head.fusion_layer.norm.bias")
+    sd["visual_head.fusion_layer.extra.weight"] = torch.zeros(2)
+    torch.save(ckpt, tmp_path / "latest.pt")
+    with pytest.raises(CheckpointError) as err:
+        create_model(tmp_path / "latest.pt", **EMOTIONCLIP_TINY)
+    message = str(err.value)
+    assert "\n" not in message and "latest.pt" in message
+    assert "temporal.encoder.norm.bias" in message and "temporal.encoder.extra.weight" in message
+    emoclip = create_model(_folder("emoclip") / "checkpoint.pt", **EMOCLIP_TINY).config
+    with pytest.raises(CheckpointError, match="missing keys") as err:  # EmotionCLIP weights, EmoCLIP model
+        create_model(emoclip, pretrained=folder / "checkpoint.pt")
+    assert "\n" not in str(err.value)
