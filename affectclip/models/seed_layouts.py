@@ -23,12 +23,8 @@ from typing import Any
 
 import torch
 
-from affectclip.models.checkpoint import (
-    CheckpointError,
-    convert_open_clip_state_dict,
-    count_blocks,
-    infer_clip_config,
-)
+from affectclip.models.checkpoint import convert_open_clip_state_dict, count_blocks, infer_clip_config
+from affectclip.models.errors import CheckpointError
 
 EMOTIONCLIP, EMOCLIP, CLIP = "emotionclip", "emoclip", "clip"
 EMOTIONCLIP_TEMPORAL_HEADS = 8  # VisualHead's nn.TransformerEncoderLayer(nhead=8), never passed by EmotionCLIP
@@ -65,6 +61,8 @@ def _rename_emoclip(key: str) -> str:
 def convert_seed_state_dict(sd: dict[str, torch.Tensor], layout: str) -> dict[str, torch.Tensor]:
     """A seed repository's state dict (runtime prefixes already stripped) -> our key layout."""
     own_scale = sd.get("logit_scale")
+    if own_scale is None and layout == EMOTIONCLIP:  # one shared parameter saved under two names
+        own_scale = sd.get("backbone.logit_scale")
     backbone = {k.removeprefix("backbone."): v for k, v in sd.items() if k.startswith("backbone.")}
     backbone.pop("logit_scale", None)  # EmotionCLIP: the same parameter; EmoCLIP: CLIP's unused one
     out = convert_open_clip_state_dict(backbone)
