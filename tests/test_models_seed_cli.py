@@ -24,6 +24,10 @@ EMOTIONCLIP_64 = {
                  "tokenizer": "clip_bpe"},
     "temporal_cfg": {"type": "emotionclip_transformer", "layers": 1, "heads": 8, "ffn_dim": 2048, "max_frames": 4},
     "quick_gelu": False,
+    # what EmotionCLIP's file implies: ImageNet statistics in all its loaders, EOT dropped from long texts
+    "preprocess": {"mean": [0.485, 0.456, 0.406], "std": [0.229, 0.224, 0.225], "interpolation": "bicubic",
+                   "resize_mode": "shortest"},
+    "tokenizer_options": {"truncate_keep_eot": False},
 }
 
 
