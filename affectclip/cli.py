@@ -20,6 +20,7 @@ COMMAND_MODULES = [
     "affectclip.data.commands",
     "affectclip.eval.commands",
     "affectclip.infer.commands",
+    "affectclip.models.commands",
     "affectclip.serve.commands",
 ]
 

@@ -166,12 +166,16 @@ def _load(args: argparse.Namespace, device: str) -> dict[str, Any]:
 
 def _features(loaded: dict[str, Any], manifest: Path, classes, args: argparse.Namespace) -> Any:
     from affectclip.data.datasets import ManifestDataset
+    from affectclip.data.video import UniformSampler
     from affectclip.eval.features import cached_features, with_box_masks
     from affectclip.eval.results import sha256_file
 
     if loaded["mask_policy"] == "face":
         manifest = with_box_masks(manifest, Path(args.output) / "masks")
-    ds = ManifestDataset(manifest, transform=loaded["transform"], classes=classes or None)
+    # A temporal head with a shorter position table (EmotionCLIP: 8 frames) gets that many uniform frames, not 16.
+    limit = getattr(loaded["model"].temporal, "max_frames", None)
+    sampler = UniformSampler(limit) if limit and limit < UniformSampler.T else None
+    ds = ManifestDataset(manifest, transform=loaded["transform"], classes=classes or None, video_sampler=sampler)
     keep = args.task == "zeroshot" and args.video_pool == "mean_logits"
     key = {**loaded["id"], "manifest_sha256": sha256_file(manifest), "transform": repr(loaded["transform"])}
     fs, _ = cached_features(Path(args.output) / "features", key, model=loaded["model"], dataset=ds,

@@ -14,7 +14,6 @@ import math
 import os
 import pickle
 import re
-import warnings
 import zipfile
 from pathlib import Path
 from typing import Any
@@ -25,6 +24,8 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from affectclip.core.io import atomic_path
+from affectclip.models.errors import CheckpointError
+from affectclip.models.torchscript import read_torchscript_tensors
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
         obj = inner
     if not _is_tensor_dict(obj):
         found = sorted(obj)[:_MAX_LISTED] if isinstance(obj, dict) else type(obj).__name__
-        raise ValueError(
+        raise CheckpointError(
             f"{path} does not contain a state dict of tensors (found: {found}); expected a model state dict, "
             f"optionally wrapped under one of {_WRAPPER_KEYS}"
         )
@@ -72,8 +73,9 @@ def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
 
 
 def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
-    """Read a state dict from .safetensors, a torch pickle (.pt/.pth/.bin, weights only) or a TorchScript archive;
-    unwrap training wrappers and strip `module.`/`_orig_mod.` prefixes. Tensors are returned on CPU."""
+    """Read a state dict from .safetensors, a torch pickle (.pt/.pth/.bin, `weights_only=True`) or a TorchScript
+    archive (tensors read without running its code); unwrap training wrappers and strip `module.`/`_orig_mod.`
+    prefixes. Tensors are returned on CPU. Nothing in the file is executed."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"checkpoint file not found: {path}")
@@ -81,19 +83,16 @@ def load_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
         if path.suffix == ".safetensors":
             obj = load_file(str(path), device="cpu")
         elif is_torchscript(path):
-            with (
-                warnings.catch_warnings()
-            ):  # torch.jit is deprecated, yet it is the only reader of OpenAI files
-                warnings.simplefilter("ignore", DeprecationWarning)
-                obj = torch.jit.load(str(path), map_location="cpu").state_dict()
+            obj = read_torchscript_tensors(path)
         else:
             obj = torch.load(path, map_location="cpu", weights_only=True)
-    except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError) as exc:
-        raise ValueError(
-            f"cannot read checkpoint {path}: {exc}. Expected a .safetensors file, a PyTorch state dict saved with "
-            "torch.save (.pt/.pth/.bin) or an OpenAI TorchScript archive; re-download it if it is truncated. "
-            "Pickles are read with weights_only=True for safety: if a trusted file pickles whole objects, "
-            "re-save just its state_dict() with torch.save"
+    except (SafetensorError, RuntimeError, pickle.UnpicklingError, EOFError, OSError, ValueError,
+            zipfile.BadZipFile, KeyError, TypeError, AttributeError, IndexError, OverflowError) as exc:
+        reason = " ".join(str(exc).split())[:300]
+        raise CheckpointError(
+            f"cannot read checkpoint {path}: {reason}. Expected a .safetensors file, a PyTorch state dict saved with "
+            "torch.save (.pt/.pth/.bin, read with weights_only=True: a file that pickles whole objects must be "
+            "re-saved as its state_dict()) or an OpenAI TorchScript archive; re-download it if it is truncated"
         ) from exc
     return _unwrap(obj, path)
 
@@ -106,14 +105,17 @@ def read_checkpoint_config(path: str | os.PathLike) -> dict[str, Any] | None:
     try:
         with safe_open(str(path), framework="pt") as handle:
             metadata = handle.metadata() or {}
-    except SafetensorError as exc:
-        raise ValueError(f"cannot read checkpoint {path}: {exc}") from exc
+    except (SafetensorError, OSError) as exc:
+        raise CheckpointError(f"cannot read checkpoint {path}: {' '.join(str(exc).split())}") from exc
     if CONFIG_KEY not in metadata:
         return None
     try:
-        return json.loads(metadata[CONFIG_KEY])
-    except json.JSONDecodeError as exc:
-        raise ValueError(f"{path}: metadata '{CONFIG_KEY}' is not valid JSON ({exc})") from exc
+        config = json.loads(metadata[CONFIG_KEY])
+    except (json.JSONDecodeError, RecursionError) as exc:
+        raise CheckpointError(f"{path}: metadata '{CONFIG_KEY}' is not valid JSON ({exc})") from exc
+    if not isinstance(config, dict):
+        raise CheckpointError(f"{path}: metadata '{CONFIG_KEY}' is a {type(config).__name__}, expected a JSON object")
+    return config
 
 
 def convert_open_clip_state_dict(sd: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -144,15 +146,22 @@ def to_open_clip_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
     return out
 
 
-def _count_blocks(sd: dict[str, torch.Tensor], prefix: str) -> int:
+def count_blocks(sd: dict[str, torch.Tensor], prefix: str) -> int:
     pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
     return len({m.group(1) for k in sd if (m := pattern.match(k))})
+
+
+def heads_of_width(width: int) -> int | None:
+    """Released CLIPs use one attention head per 64 channels; None where that rule cannot hold (no weight records
+    the head count, so the user has to give it)."""
+    return width // 64 if width >= 64 and width % 64 == 0 else None
 
 
 def infer_clip_config(
     sd: dict[str, torch.Tensor], quick_gelu: bool | None = None, torchscript: bool = False
 ) -> dict[str, Any]:
-    """Model config of a CLIP ViT state dict (either key layout). Heads = width // 64 as in every released CLIP.
+    """Model config of a CLIP ViT state dict (either key layout). Heads = width // 64 as in every released CLIP
+    (None where the width is no multiple of 64: the caller must then be given the head count).
 
     The activation is not recorded in the weights: TorchScript archives come from OpenAI (QuickGELU); otherwise
     exact GELU is assumed with a warning, unless `quick_gelu` is given.
@@ -173,7 +182,7 @@ def infer_clip_config(
                 "activation cannot be read from the weights; assuming exact GELU (open_clip/LAION). For OpenAI "
                 "weights pass quick_gelu=True (create_model(path, quick_gelu=True))"
             )
-    v_width = sd["visual.conv1.weight"].shape[0]
+    v_width = int(sd["visual.conv1.weight"].shape[0])
     patch = sd["visual.conv1.weight"].shape[-1]
     grid = round(math.sqrt(sd["visual.positional_embedding"].shape[0] - 1))
     t_width = sd["text.ln_final.weight"].shape[0]
@@ -184,8 +193,8 @@ def infer_clip_config(
             "image_size": int(patch * grid),
             "patch_size": int(patch),
             "width": int(v_width),
-            "layers": _count_blocks(sd, "visual.transformer.resblocks."),
-            "head_width": 64,
+            "layers": count_blocks(sd, "visual.transformer.resblocks."),
+            "head_width": 64 if heads_of_width(v_width) else None,
             "mlp_ratio": sd["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0] / v_width,
         },
         "text_cfg": {
@@ -193,8 +202,8 @@ def infer_clip_config(
             "context_length": int(sd["text.positional_embedding"].shape[0]),
             "vocab_size": int(sd["text.token_embedding.weight"].shape[0]),
             "width": int(t_width),
-            "heads": int(t_width // 64),
-            "layers": _count_blocks(sd, "text.transformer.resblocks."),
+            "heads": heads_of_width(int(t_width)),
+            "layers": count_blocks(sd, "text.transformer.resblocks."),
             "tokenizer": "clip_bpe",
         },
         "temporal_cfg": None,
@@ -216,14 +225,43 @@ def _listed(keys: list[str]) -> str:
     return ", ".join(keys[:_MAX_LISTED]) + more
 
 
+def check_tensors(sd: dict[str, torch.Tensor], expected: dict[str, torch.Tensor], source: str) -> None:
+    """Refuse weights a model would silently compute garbage with: a non-float tensor where the model holds a
+    float one (int8/bool weights), and NaN/inf values (a NaN logit scale gives NaN scores that still look `ok`)."""
+    for key, value in sd.items():
+        want = expected.get(key)
+        if want is not None and want.is_floating_point() and not value.is_floating_point():
+            raise CheckpointError(f"{source}: tensor '{key}' is {value.dtype}, expected a floating-point tensor "
+                                  f"({want.dtype}); the file is not a float checkpoint of this model")
+        if value.is_floating_point() and not bool(torch.isfinite(value).all()):
+            raise CheckpointError(f"{source}: tensor '{key}' holds NaN or inf values; the checkpoint is broken "
+                                  "(e.g. saved after a diverged step): use an earlier one")
+
+
+def _check_external(model: nn.Module, sd: dict[str, torch.Tensor], external: tuple[str, ...], source: str) -> None:
+    """`external_weights` may name frozen parts a package provides (a MiniLM), never the whole model: a file that
+    lists every tensor as external would load as an untrained model."""
+    names = list(model.state_dict())
+    if any(not p for p in external) or not sd:
+        raise CheckpointError(f"{source}: holds no weights of its own (external_weights={list(external)}); "
+                              "a checkpoint must contain the trained tensors")
+    covered = [k for k in names if k.startswith(external)]
+    image = [k for k in names if k.startswith("visual.")]
+    if "logit_scale" in covered or (image and set(image) <= set(covered)):
+        raise CheckpointError(f"{source}: external_weights={list(external)} covers the image tower or the logit "
+                              "scale, which no package provides; the file would load with untrained weights")
+
+
 def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> None:
-    """Strictly load `sd` (our layout) into `model`, with an error that lists the mismatching keys.
+    """Strictly load `sd` (our layout) into `model`, with a one-line error that lists the mismatching keys.
 
     A temporal head absent from the file is the one tolerated gap: CLIP weights initialise the frame encoder and
     the head starts random (EmotionCLIP/EmoCLIP initialisation)."""
     has_temporal = any(k.startswith("temporal.") for k in sd)
     expected = model.state_dict()
     external = tuple((getattr(model, "config", None) or {}).get("external_weights") or ())
+    if external or not sd:
+        _check_external(model, sd, external, source)
     missing = [k for k in expected if k not in sd and (has_temporal or not k.startswith("temporal."))
                and not (external and k.startswith(external))]
     unexpected = [k for k in sd if k not in expected]
@@ -233,15 +271,16 @@ def load_weights(model: nn.Module, sd: dict[str, torch.Tensor], source: str) -> 
         if k in sd and sd[k].shape != expected[k].shape
     ]
     if missing or unexpected or shapes:
-        raise ValueError(
-            f"weights in {source} do not match the model architecture.\n"
-            f"  missing keys ({len(missing)}): {_listed(missing)}\n"
-            f"  unexpected keys ({len(unexpected)}): {_listed(unexpected)}\n"
-            f"  shape mismatches ({len(shapes)}): {_listed(shapes)}\n"
+        raise CheckpointError(
+            f"weights in {source} do not match the model architecture: "
+            f"missing keys ({len(missing)}): {_listed(missing)}; "
+            f"unexpected keys ({len(unexpected)}): {_listed(unexpected)}; "
+            f"shape mismatches ({len(shapes)}): {_listed(shapes)}. "
             "What to do: use the architecture the weights were trained with (create_model(path) infers it for "
-            "OpenAI/open_clip CLIP files; our own checkpoints carry their config), or pick the matching config "
-            "name from list_models(); check the vision_cfg/text_cfg overrides you passed."
+            "OpenAI/open_clip/EmotionCLIP/EmoCLIP files; our own checkpoints carry their config), or pick the "
+            "matching config name from list_models(); check the vision_cfg/text_cfg overrides you passed."
         )
+    check_tensors(sd, expected, source)
     model.load_state_dict(sd, strict=False)
     if not has_temporal and getattr(model, "temporal", None) is not None:
         log.info("%s has no temporal head weights; the temporal head keeps its random initialisation", source)

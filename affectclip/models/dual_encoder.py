@@ -21,6 +21,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from affectclip.models.errors import ShapeError
 from affectclip.models.temporal import masked_mean
 
 
@@ -90,7 +91,7 @@ class DualEncoder(nn.Module):
         if t == 0:
             raise ValueError("a clip has no frames (T=0); check the video decodes and the frame sampler returns indices")
         if mask is not None and mask.shape[:2] != frames.shape[:2]:
-            raise ValueError(f"subject masks {tuple(mask.shape)} do not match the frames {tuple(frames.shape)}: one "
+            raise ShapeError(f"subject masks {tuple(mask.shape)} do not match the frames {tuple(frames.shape)}: one "
                              "[H,W] mask per frame is needed")
         flat_mask = None if mask is None else mask.reshape(b * t, *mask.shape[2:])
         feats = self.visual(frames.reshape(b * t, *frames.shape[2:]), mask=flat_mask).reshape(b, t, -1)

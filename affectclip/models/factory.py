@@ -24,8 +24,8 @@ import torch.nn as nn
 from affectclip.models.checkpoint import (
     CLIP_MEAN,
     CLIP_STD,
+    CheckpointError,
     convert_open_clip_state_dict,
-    infer_clip_config,
     is_torchscript,
     load_state_dict,
     load_weights,
@@ -33,6 +33,13 @@ from affectclip.models.checkpoint import (
 )
 from affectclip.models.dual_encoder import DualEncoder
 from affectclip.models.registry import IMAGE_TOWERS, TEMPORAL_HEADS, TEXT_TOWERS, Registry
+from affectclip.models.seed_layouts import (
+    CLIP,
+    UNINFERABLE,
+    convert_seed_state_dict,
+    detect_layout,
+    infer_config,
+)
 
 if TYPE_CHECKING:
     from affectclip.data.transforms import ImageTransform
@@ -49,6 +56,13 @@ TOWER_MODULES = {
 TEMPORAL_MODULE = "affectclip.models.temporal"
 PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 ConfigSource = str | os.PathLike | dict | nn.Module
+SIZED_SECTIONS = ("embed_dim", "vision_cfg", "text_cfg", "temporal_cfg")
+SIZE_LIMITS = {  # far above every released model (ViT-bigG: width 1664, 48 layers; EmoCLIP: 16384-wide heads)
+    "embed_dim": 16384, "width": 16384, "layers": 256, "heads": 1024, "head_width": 16384, "dim_head": 16384,
+    "ffn_dim": 65536, "mlp_ratio": 64, "image_size": 4096, "patch_size": 4096, "context_length": 16384,
+    "vocab_size": 1_000_000, "max_frames": 100_000,
+}
+MAX_PARAMETERS = 20_000_000_000
 
 
 def list_models() -> list[str]:
@@ -204,8 +218,71 @@ def build_model(config: dict[str, Any]) -> DualEncoder:
     )
 
 
-def _foreign_weights(path: Path) -> dict[str, torch.Tensor]:
-    return convert_open_clip_state_dict(load_state_dict(path))
+def read_foreign_weights(path: Path) -> tuple[dict[str, torch.Tensor], str]:
+    """Any supported checkpoint file -> (state dict in our key layout, its layout: clip/emotionclip/emoclip)."""
+    raw = load_state_dict(path)
+    layout = detect_layout(raw)
+    return (convert_open_clip_state_dict(raw) if layout == CLIP else convert_seed_state_dict(raw, layout)), layout
+
+
+def _infer(path: Path, weights: dict[str, torch.Tensor], layout: str, quick_gelu: bool | None) -> dict[str, Any]:
+    try:
+        return infer_config(weights, layout, quick_gelu=quick_gelu, torchscript=is_torchscript(path))
+    except (ValueError, KeyError, IndexError) as exc:
+        raise CheckpointError(f"{path}: {exc}") from exc
+
+
+def _check_inferred(config: dict[str, Any], source: str) -> None:
+    """A value no weight records (a head count) must have come from the caller's overrides."""
+    for (section, key), hint in UNINFERABLE.items():
+        if isinstance(config.get(section), dict) and key in config[section] and config[section][key] is None:
+            raise CheckpointError(
+                f"{source}: {section}.{key} cannot be inferred from the weights (released models use 64-wide "
+                f"heads; this one does not); pass it: create_model(path, {hint}), or a config name with pretrained=path"
+            )
+
+
+def _walk_numbers(obj: Any, path: str) -> list[tuple[str, float]]:
+    if isinstance(obj, dict):
+        return [item for k, v in obj.items() for item in _walk_numbers(v, f"{path}.{k}" if path else str(k))]
+    if isinstance(obj, (int, float)) and not isinstance(obj, bool):
+        return [(path, obj)]
+    return []
+
+
+def check_config_sizes(config: dict[str, Any], source: str) -> None:
+    """Refuse a config from a file before anything is allocated: every number finite, every count within
+    SIZE_LIMITS, and a CLIP-type model below MAX_PARAMETERS (counted on the meta device: shapes, no memory)."""
+    for key, value in _walk_numbers({k: config.get(k) for k in SIZED_SECTIONS}, ""):
+        name = key.rsplit(".", 1)[-1]
+        if not math.isfinite(value):
+            raise CheckpointError(f"{source}: config value {key}={value} is not finite")
+        limit = SIZE_LIMITS.get(name)
+        if limit is not None and not 0 <= value <= limit:
+            raise CheckpointError(f"{source}: config value {key}={value} is outside [0, {limit}]; the file's config "
+                                  "is corrupt or hostile")
+    types = {(config.get(s) or {}).get("type") for s in ("vision_cfg", "text_cfg")}
+    if types <= {"vit", "clip"}:
+        with torch.device("meta"):
+            count = sum(p.numel() for p in build_model(config).parameters())
+        if count > MAX_PARAMETERS:
+            raise CheckpointError(f"{source}: the config describes {count / 1e9:.1f} B parameters, more than the "
+                                  f"{MAX_PARAMETERS / 1e9:.0f} B any supported model has; refusing to allocate it")
+
+
+def _build_checked(config: dict[str, Any], source: str) -> DualEncoder:
+    """Build a config that came from a file: inferred gaps named, sizes bounded, and any construction error
+    reported as one line naming the file (the config is as untrusted as the file)."""
+    try:
+        _check_inferred(config, source)
+        check_config_sizes(config, source)
+        return build_model(config)
+    except CheckpointError:
+        raise
+    except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RuntimeError) as exc:
+        reason = " ".join(str(exc).split()) or type(exc).__name__
+        raise CheckpointError(f"{source}: the model config cannot be built ({reason}); the config stored in or "
+                              "named by the file is corrupt or was edited by hand") from exc
 
 
 def create_model(
@@ -216,7 +293,11 @@ def create_model(
     **overrides: Any,
 ) -> DualEncoder:
     """Build a DualEncoder from a config name/dict/checkpoint; optionally load `pretrained` weights (any supported
-    checkpoint format, keys converted, loaded strictly). `overrides` patch the config, nested dicts merged."""
+    checkpoint format, keys converted, loaded strictly). `overrides` patch the config, nested dicts merged.
+
+    A foreign file (OpenAI/open_clip CLIP, EmotionCLIP `latest.pt`, EmoCLIP DDP dict) has its architecture
+    inferred; a value no weight records (a head count that is not width/64) is taken from `overrides`, and its
+    absence is an error that names it. A config read from a file is checked for absurd sizes before building."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got '{precision}'")
     weights: dict[str, torch.Tensor] | None = None
@@ -227,18 +308,18 @@ def create_model(
         path = Path(name_or_path)
         source = str(path)
         config = read_checkpoint_config(path)
-        weights = _foreign_weights(path)
+        weights, layout = read_foreign_weights(path)
         if config is None:
-            config = infer_clip_config(
-                weights, quick_gelu=overrides.pop("quick_gelu", None), torchscript=is_torchscript(path)
-            )
+            config = _infer(path, weights, layout, overrides.pop("quick_gelu", None))
     else:
         config = get_model_config(name_or_path)
+        if Path(name_or_path).is_file():  # a config .json: as untrusted as a checkpoint's metadata
+            source = str(name_or_path)
     config = _merge(config, overrides)
-    model = build_model(config)
+    model = _build_checked(config, source) if source else build_model(config)
     if pretrained is not None:
         source = str(pretrained)
-        weights = _foreign_weights(Path(pretrained))
+        weights, _ = read_foreign_weights(Path(pretrained))
     if weights is not None:
         load_weights(model, weights, source)
     return model.to(device=device, dtype=PRECISIONS[precision])
@@ -247,11 +328,15 @@ def create_model(
 def get_tokenizer(
     name_or_model_or_config: ConfigSource,
     bpe_path: str | os.PathLike | None = None,
-    truncate_keep_eot: bool = True,
+    truncate_keep_eot: bool | None = None,
 ) -> Callable[[str | list[str]], torch.Tensor]:
     """The tokenizer paired with the model's text tower, at its context length. `truncate_keep_eot=False`
-    reproduces EmotionCLIP's truncation (CLIP BPE only)."""
-    text_cfg = _resolve_config(name_or_model_or_config)["text_cfg"]
+    reproduces EmotionCLIP's truncation (CLIP BPE only); None takes the config's `tokenizer_options` (set for
+    EmotionCLIP's own checkpoints), else keeps EOT like open_clip/OpenAI."""
+    config = _resolve_config(name_or_model_or_config)
+    text_cfg = config["text_cfg"]
+    if truncate_keep_eot is None:
+        truncate_keep_eot = bool((config.get("tokenizer_options") or {}).get("truncate_keep_eot", True))
     kind = text_cfg.get("tokenizer", "clip_bpe")
     context_length = text_cfg.get("context_length", 77)
     if kind == "clip_bpe":

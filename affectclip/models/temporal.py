@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from affectclip.models.errors import ShapeError
 from affectclip.models.registry import TEMPORAL_HEADS
 
 
@@ -28,8 +29,8 @@ def _check(x: torch.Tensor, padding_mask: torch.Tensor | None, max_frames: int |
     if padding_mask is not None and padding_mask.shape != x.shape[:2]:
         raise ValueError(f"padding_mask must be [B,T]={tuple(x.shape[:2])}, got {tuple(padding_mask.shape)}")
     if max_frames is not None and x.shape[1] > max_frames:
-        raise ValueError(f"clip has {x.shape[1]} frames but the head's position table holds {max_frames}; "
-                         "sample fewer frames or raise max_frames")
+        raise ShapeError(f"clip has {x.shape[1]} frames but the temporal head's position table holds {max_frames}; "
+                         f"sample at most {max_frames} frames per clip")
 
 
 @TEMPORAL_HEADS.register("mean")
@@ -122,6 +123,10 @@ class EmoCLIPTemporal(nn.Module):
         )
 
     def forward(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        return self.forward_sequence(x, padding_mask)[:, 0]
+
+    def forward_sequence(self, x: torch.Tensor, padding_mask: torch.Tensor | None = None) -> torch.Tensor:
+        """[B,T,D] -> the whole output sequence [B,1+T,D] (CLS first), as EmoCLIP's TemporalTransformer returns."""
         _check(x, padding_mask, self.max_frames)
         b, t, _ = x.shape
         h = torch.cat([self.cls_token.expand(b, -1, -1).to(x.dtype), x], dim=1) + self.pos_embedding[:, : t + 1].to(x.dtype)
@@ -131,7 +136,7 @@ class EmoCLIPTemporal(nn.Module):
         for attn, ff in self.blocks:
             h = h + attn(h, key_mask)
             h = h + ff(h)
-        return h[:, 0]
+        return h
 
 
 @TEMPORAL_HEADS.register("conv1d")

@@ -11,6 +11,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from affectclip.models.errors import ShapeError
 from affectclip.models.registry import IMAGE_TOWERS
 from affectclip.models.transformer import LayerNorm, Transformer
 
@@ -67,7 +68,7 @@ class VisionTransformer(nn.Module):
         """[B,H,W] subject mask -> [B,1,W] token = patch-coverage-weighted sum of patch positional embeddings."""
         b, _, h, w = images.shape
         if mask.shape != (b, h, w):
-            raise ValueError(
+            raise ShapeError(
                 f"subject mask must have shape [B,H,W] = {(b, h, w)} matching the images, got {tuple(mask.shape)}"
             )
         coverage = F.avg_pool2d(mask.to(self.positional_embedding.dtype).unsqueeze(1), self.patch_size)
