@@ -295,6 +295,8 @@ def _run_task(args: argparse.Namespace, prep: dict[str, Any], loaded: dict[str, 
           for k, m in prep["data"].items()}
     result = _evaluate(args, prep, loaded, fs)
     failed = prep["skipped"] + [e for f in fs.values() for e in f.errors]
+    if "train" in fs:
+        result["n_train"] = len(fs["train"].indices)
     return {**result, "failures": {"count": len(failed), "examples": failed[:20]},
             "mask_policy": loaded["mask_policy"], "protocol": _protocol(args, loaded)}
 
