@@ -1,8 +1,8 @@
 """`affectclip eval`: list benchmarks, run one evaluation into a JSON record, merge records into a table.
 
 Heavy modules (torch, the model factory, sklearn) are imported inside the handlers so `affectclip --help` stays fast.
-Inputs are validated (benchmark, task, split, data folder, prompts vs classes, every requested fold) before any
-model is built, so a mistake costs seconds, not a model load. `--fold all` evaluates every official fold with one
+Inputs are validated (benchmark or manifest, task, split, classes, data folder, prompts vs classes, every requested
+fold, a writable --output) before any model is built, so a mistake costs seconds, not a model load. `--fold all` evaluates every official fold with one
 model load and adds a record with the mean ± std over folds. Under `torchrun` the ranks share feature extraction
 (see eval/features.py) and rank 0 writes the records.
 """
