@@ -120,6 +120,38 @@ def test_linear_probe_trains_on_train_rows_only(tmp_path, ckpt, capsys):
     assert rec["split"] == "all" and rec["metrics"]["n_samples"] == 36 and rec["probe"]["C"] == 1.0
 
 
+def regression_manifest(root, mixed_order):
+    """Valence/arousal rows over the images of `write_manifest`; `mixed_order` lists the targets of train and test
+    rows in opposite orders (a dataset takes the first row's order)."""
+    rng = np.random.default_rng(1)
+    extra = []
+    for split, n, flip in (("train", 20, 0), ("test", 5, 1)):
+        for i in range(n):
+            v, a = rng.uniform(-1, 1, 2).round(3)
+            targets = {"arousal": a, "valence": v} if mixed_order and (i + flip) % 2 == 0 else {"valence": v,
+                                                                                                  "arousal": a}
+            image = f"img/{split}_{CLASSES[i % 3]}_{i // 3 % 2}.png"
+            extra.append({"path": image, "label": "happy", "split": split, "targets": targets})
+    extra.append({"path": "img/test_sad_0.png", "label": "sad", "split": "test", "targets": {"valence": 0.5}})
+    return write_manifest(root, splits=(("train", 2), ("test", 2)), extra=extra)
+
+
+def test_regression_and_retrieval_rows_without_what_they_need_are_counted(tmp_path, ckpt):
+    m = regression_manifest(tmp_path / "mixed", mixed_order=True)
+    assert run(["--manifest", str(m), "--task", "regression", "--probe-c", "1"], tmp_path / "out", ckpt) == 0
+    (rec,) = records(tmp_path / "out")
+    assert rec["metrics"]["n_samples"] == 5 and rec["n_train"] == 20 and rec["failures"]["count"] == 13
+    assert "no target 'arousal'" in " ".join(e["error"] for e in rec["failures"]["examples"])
+    same = regression_manifest(tmp_path / "same", mixed_order=False)
+    assert run(["--manifest", str(same), "--task", "regression", "--probe-c", "1"], tmp_path / "o1", ckpt) == 0
+    (ref,) = records(tmp_path / "o1")
+    for dim in ("valence", "arousal"):  # the targets were not swapped between train and test
+        assert rec["metrics"]["per_dimension"][dim] == pytest.approx(ref["metrics"]["per_dimension"][dim])
+    assert run(["--manifest", str(m), "--task", "retrieval"], tmp_path / "o2", ckpt) == 0
+    (rec,) = records(tmp_path / "o2")
+    assert rec["metrics"]["n_items"] == 6 and rec["failures"]["count"] == 6  # the rows without a caption
+
+
 def test_two_prompt_sets_two_records_two_rows(tmp_path, ckpt, capsys):
     """Failed before: `--prompts expclip5` overwrote the `expression` record and `eval table` showed one row."""
     m = write_manifest(tmp_path, splits=(("test", 2),))

@@ -221,7 +221,8 @@ def _prepare_manifest(args: argparse.Namespace) -> dict[str, Any]:
         skipped += left_out
     continuous: tuple[str, ...] = ()
     if need == "targets":
-        continuous = tuple(dict.fromkeys(k for m in data.values() for r in m.records for k in r["targets"]))
+        data, continuous, left_out = ms.aligned_targets(data)
+        skipped += left_out
     return {"name": Path(manifest.source).stem, "split": split, "classes": classes, "data": data,
             "sources": sources, "split_files": sorted({str(m.source) for m in data.values()}), "skipped": skipped,
             "continuous": continuous}

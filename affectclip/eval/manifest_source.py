@@ -105,3 +105,23 @@ def scorable(manifest: Manifest, classes: Sequence[str], need: str) -> tuple[Man
         first = skipped[0]
         raise ValueError(f"{manifest.source}: no row can be scored; row {first['row']}: {first['error']}")
     return Manifest(keep, manifest.root, manifest.source, manifest.problems), skipped
+
+
+def aligned_targets(manifests: dict[str, Manifest]) -> tuple[dict[str, Manifest], tuple[str, ...], list[dict]]:
+    """For regression: every row's `targets` in one order (each dataset reads them in its first row's order, so the
+    train and evaluated rows must agree); a row missing one of the names is left out and counted."""
+    names = tuple(dict.fromkeys(k for m in manifests.values() for r in m.records for k in r["targets"]))
+    out, skipped = {}, []
+    for key, m in manifests.items():
+        keep = []
+        for rec in m.records:
+            missing = [n for n in names if n not in rec["targets"]]
+            if missing:
+                skipped.append({"index": None, "row": rec.get("_row"), "path": rec["path"],
+                                "error": f"the row has no target {missing[0]!r}"})
+            else:
+                keep.append({**rec, "targets": {n: rec["targets"][n] for n in names}})
+        if not keep:
+            raise ValueError(f"{m.source}: no row has every target {list(names)}")
+        out[key] = Manifest(keep, m.root, m.source, m.problems)
+    return out, names, skipped
