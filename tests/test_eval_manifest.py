@@ -236,6 +236,20 @@ def test_bad_output_is_refused_before_the_model_loads(tmp_path, ckpt, capsys, mo
     assert "--output" in capsys.readouterr().err
 
 
+def test_corrupt_feature_cache_is_re_extracted_and_table_out_checked(tmp_path, ckpt, capsys):
+    m = write_manifest(tmp_path, splits=(("test", 1),))
+    assert run(["--manifest", str(m)], tmp_path / "out", ckpt) == 0
+    (before,) = records(tmp_path / "out")
+    (cache,) = (tmp_path / "out" / "features").glob("*.npz")
+    cache.write_bytes(cache.read_bytes()[:100])  # truncated
+    assert run(["--manifest", str(m)], tmp_path / "out", ckpt) == 0
+    (after,) = records(tmp_path / "out")
+    assert after["metrics"]["war"] == before["metrics"]["war"] and after["n_samples"] == 3
+    assert "encoded in" in capsys.readouterr().err  # extracted again, not read from the broken file
+    assert main(["eval", "table", str(tmp_path / "out"), "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
+
+
 def test_a_failed_write_keeps_the_previous_record_whole(tmp_path, monkeypatch):
     rec = make_record(model="m", benchmark="b", split="test", task="zeroshot", classes=["a"],
                       result={"metrics": {"war": 50.0}})

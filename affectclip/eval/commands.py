@@ -393,11 +393,18 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_table(args: argparse.Namespace) -> int:
+    from affectclip.core.errors import UserError
     from affectclip.eval.results import build_table, to_markdown, write_table
 
+    if args.out and Path(args.out).is_dir():
+        raise UserError(f"--out {args.out} is a folder; give a file name for the table")
     df = _user_errors(build_table)(args.results_dir)
     if args.out:
-        print(f"wrote {write_table(df, args.out, args.format)}")
+        try:
+            print(f"wrote {write_table(df, args.out, args.format)}")
+        except OSError as exc:
+            raise UserError(f"cannot write the table to {args.out} ({exc.strerror or exc}); choose another "
+                            "file") from None
     else:
         print(to_markdown(df) if args.format == "md" else df.to_csv(index=False), end="")
     return 0

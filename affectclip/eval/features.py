@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -263,18 +264,9 @@ def cached_features(cache_dir: str | Path, key_parts: dict[str, Any], **extract_
     extract_kwargs.setdefault("mask_policy", "none")
     parts = {**key_parts, **{k: extract_kwargs[k] for k in ("video_pool", "keep_frames", "mask_policy")}}
     path = Path(cache_dir) / f"features_{cache_key(parts)}.npz"
-    if path.exists():
-        with np.load(path, allow_pickle=False) as z:
-            meta = json.loads(str(z["meta"]))
-            return FeatureSet(
-                features=z["features"],
-                labels=z["labels"],
-                indices=z["indices"],
-                errors=meta["errors"],
-                targets=z["targets"] if "targets" in z else None,
-                padding_mask=z["padding_mask"] if "padding_mask" in z else None,
-                captions=meta["captions"],
-            ), True
+    cached = _read_cache(path) if path.exists() else None
+    if cached is not None:
+        return cached, True
     fs = extract_features(**extract_kwargs)
     if rank_world()[0] != 0:
         return fs, False
@@ -285,6 +277,25 @@ def cached_features(cache_dir: str | Path, key_parts: dict[str, Any], **extract_
     with atomic_path(path) as tmp, open(tmp, "wb") as fh:
         np.savez(fh, meta=np.asarray(meta), **arrays)
     return fs, False
+
+
+def _read_cache(path: Path) -> FeatureSet | None:
+    """A cached FeatureSet, or None when the file cannot be read (truncated, foreign or corrupt): it is then
+    extracted again and replaced, never trusted and never a traceback."""
+    try:
+        with np.load(path, allow_pickle=False) as z:
+            meta = json.loads(str(z["meta"]))
+            return FeatureSet(
+                features=z["features"],
+                labels=z["labels"],
+                indices=z["indices"],
+                errors=meta["errors"],
+                targets=z["targets"] if "targets" in z else None,
+                padding_mask=z["padding_mask"] if "padding_mask" in z else None,
+                captions=meta["captions"],
+            )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
 def with_box_masks(manifest: Manifest, out_dir: str | Path) -> Manifest:
