@@ -220,6 +220,22 @@ def test_bad_samples_are_counted_and_the_job_finishes(tmp_path, ckpt, capsys):
     assert "none of the 1 samples could be read" in err and "Traceback" not in err
 
 
+def test_a_bad_label_in_a_benchmark_list_file_is_counted(tmp_path, ckpt):
+    rng = np.random.default_rng(0)
+    rows = ["path,label,split"]
+    for c in ("neutral", "happiness", "surprise"):
+        rel = f"images/valid/{c}.png"
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(rng.integers(0, 255, (48, 48), dtype=np.uint8)).save(tmp_path / rel)
+        rows.append(f"{rel},{c},valid")
+    rows.append("images/valid/neutral.png,boredom,valid")
+    (tmp_path / "labels.csv").write_text("\n".join(rows) + "\n")
+    assert run(["--benchmark", "ferplus", "--root", str(tmp_path), "--split", "valid"], tmp_path / "out", ckpt) == 0
+    (rec,) = records(tmp_path / "out")
+    assert rec["n_samples"] == 3 and rec["failures"]["count"] == 1
+    assert "line 5" in rec["failures"]["examples"][0]["error"] and "boredom" in rec["failures"]["examples"][0]["error"]
+
+
 def test_bad_output_is_refused_before_the_model_loads(tmp_path, ckpt, capsys, monkeypatch):
     m = write_manifest(tmp_path, splits=(("test", 1),))
     monkeypatch.setattr(affectclip, "create_model", lambda *a, **k: pytest.fail("model loaded before --output check"))

@@ -178,15 +178,17 @@ def _prepare_benchmark(args: argparse.Namespace, fold: int | None, rank: int) ->
         raise ValueError(f"{args.task} trains on 'train' and evaluates on another split; {bench.name} has {bench.splits}")
     tag = f"{bench.name}_{{}}" + (f"_fold{fold}" if fold else "")
     folder = Path(args.output) / "manifests" / (f"rank{rank}" if rank else "")
-    files = {"eval": bench.to_manifest(args.root, split, folder / f"{tag.format(split)}.jsonl", fold)}
-    if needs_train:
-        files["train"] = bench.to_manifest(args.root, "train", folder / f"{tag.format('train')}.jsonl", fold)
+    splits = {"eval": split, **({"train": "train"} if needs_train else {})}
+    files, skipped = {}, []
+    for key, name in splits.items():
+        files[key], left_out = bench.to_manifest(args.root, name, folder / f"{tag.format(name)}.jsonl", fold)
+        skipped += left_out
     if args.task == "regression" and not bench.continuous:
         raise ValueError(f"{bench.name} has no continuous targets for --task regression")
     return {"name": bench.name, "split": split, "classes": list(bench.classes), "compound": bench.compound,
             "data": {k: read_manifest(f, check_files=False) for k, f in files.items()},
             "sources": {"root": str(Path(args.root).resolve())}, "split_files": [str(f) for f in files.values()],
-            "skipped": [], "continuous": bench.continuous}
+            "skipped": skipped, "continuous": bench.continuous}
 
 
 def _prepare_manifest(args: argparse.Namespace) -> dict[str, Any]:
