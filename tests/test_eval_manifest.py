@@ -87,6 +87,22 @@ def test_manifest_zeroshot_classes_from_labels_and_split_syntax(tmp_path, ckpt, 
     assert "no rows with split 'nope'" in capsys.readouterr().err
 
 
+def test_progress_bar_on_a_terminal_only(tmp_path, ckpt, capsys, monkeypatch):
+    """Failed before: minutes of silence while encoding. A bar on a terminal; none with --quiet or in logs."""
+    import affectclip.core.progress as progress
+
+    m = write_manifest(tmp_path, splits=(("test", 2),))
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: True, raising=False)
+    assert run(["--manifest", str(m)], tmp_path / "out", ckpt) == 0
+    assert "encoding faces test" in capsys.readouterr().err
+    assert run(["--manifest", str(m), "--quiet"], tmp_path / "o2", ckpt) == 0
+    assert "encoding" not in capsys.readouterr().err
+    monkeypatch.setattr(progress.sys.stderr, "isatty", lambda: False, raising=False)
+    assert run(["--manifest", str(m)], tmp_path / "o3", ckpt) == 0
+    err = capsys.readouterr().err
+    assert "encoding faces" not in err and err.startswith("faces test: 6 samples encoded in")  # logs: one line
+
+
 def test_unknown_labels_are_counted_not_fatal(tmp_path, ckpt, capsys):
     m = write_manifest(tmp_path, splits=(("test", 2),), extra=[
         {"path": "img/test_happy_0.png", "label": "bored", "split": "test"}])

@@ -2,9 +2,9 @@
 
 Heavy modules (torch, the model factory, sklearn) are imported inside the handlers so `affectclip --help` stays fast.
 Inputs are validated (benchmark or manifest, task, split, classes, data folder, prompts vs classes, every requested
-fold, a writable --output) before any model is built, so a mistake costs seconds, not a model load. `--fold all` evaluates every official fold with one
-model load and adds a record with the mean ± std over folds. Under `torchrun` the ranks share feature extraction
-(see eval/features.py) and rank 0 writes the records.
+fold, a writable --output) before any model is built, so a mistake costs seconds, not a model load. `--fold all`
+evaluates every official fold with one model load and adds a record with the mean ± std over folds. Under `torchrun`
+the ranks share feature extraction (see eval/features.py) and rank 0 writes the records.
 """
 
 from __future__ import annotations
