@@ -220,6 +220,19 @@ def test_fold_split_and_label_errors(tmp_path):
         get_benchmark("mafw").items(tmp_path, "test", 1)
 
 
+def test_bad_rows_are_left_out_and_reported_not_fatal(tmp_path):
+    """One bad row of an official list file (unknown label, too few fields) no longer ends the evaluation."""
+    write(tmp_path, "EmoLabel/list_patition_label.txt", "test_0001.jpg 1\ntest_0002.jpg 9\ntest_0003.jpg\n"
+          "test_0004.jpg 7\ntrain_0001.jpg\ntrain_0002.jpg 2\n")
+    items = get_benchmark("rafdb").items(tmp_path, "test")
+    assert [it.label for it in items if not it.error] == [0, 6]
+    errors = [it.error for it in items if it.error]
+    assert len(errors) == 2 and "line 2" in errors[0] and "outside" in errors[0] and "line 3" in errors[1]
+    out, skipped = get_benchmark("rafdb").to_manifest(tmp_path, "test", tmp_path / "m.jsonl")
+    assert len(read_manifest(out, check_files=False)) == 2 and [s["error"] for s in skipped] == errors
+    assert len([it for it in get_benchmark("rafdb").items(tmp_path, "train") if it.error]) == 1  # its own split
+
+
 def test_prompt_names_are_canonical():
     for name in ("rafdb", "affectnet8", "ferv39k", "sfew", "jaffe", "cremad", "fer2013"):
         assert set(get_benchmark(name).prompt_names) <= set(CANONICAL), name
@@ -230,7 +243,8 @@ def test_prompt_names_are_canonical():
 
 def test_manifest_export(tmp_path):
     split, fold, _, _ = emotic(tmp_path)
-    out = get_benchmark("emotic").to_manifest(tmp_path, split, tmp_path / "m.jsonl", fold)
+    out, skipped = get_benchmark("emotic").to_manifest(tmp_path, split, tmp_path / "m.jsonl", fold)
+    assert skipped == []
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert (
         rows[0]["targets"]["Affection"] == 1.0
@@ -244,7 +258,8 @@ def test_manifest_from_a_relative_root_resolves_from_anywhere(tmp_path, monkeypa
     relative to the working directory, or no file of the split is found."""
     split, fold, _, first = ferplus(False)(tmp_path / "data")
     monkeypatch.chdir(tmp_path)
-    out = get_benchmark("ferplus").to_manifest("data", split, tmp_path / "results" / "manifests" / "m.jsonl", fold)
+    out, _ = get_benchmark("ferplus").to_manifest("data", split, tmp_path / "results" / "manifests" / "m.jsonl",
+                                                  fold)
     monkeypatch.chdir(tmp_path / "results")
     manifest = read_manifest(out, check_files=False)
     assert manifest.resolve(manifest.records[0]["path"]) == (tmp_path / "data" / first).resolve()

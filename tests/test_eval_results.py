@@ -35,9 +35,10 @@ def test_record_fields_and_table(tmp_path):
                           classes=["a", "b"], result=fake_result(war), split_files=[split_file], prompt_set="expression")
         path = write_record(rec, tmp_path / "res")
     saved = json.loads(path.read_text())
-    assert path.name == "dfew_test_fold2_ViT-B-32_zeroshot.json"
+    assert path.name == f"dfew_test_fold2_ViT-B-32_zeroshot_{saved['id']}.json" and len(saved["id"]) == 12
     for key in ("model", "weights", "benchmark", "split", "fold", "task", "classes", "split_file_sha256", "prompts",
-                "prompt_agg", "n_samples", "metrics", "failures", "package_version", "git_commit", "timestamp"):
+                "prompt_agg", "n_samples", "metrics", "failures", "package_version", "git_commit", "timestamp",
+                "protocol", "id"):
         assert key in saved, key
     assert len(next(iter(saved["split_file_sha256"].values()))) == 64
     (tmp_path / "res" / "notes.json").write_text('{"other": 1}')  # unrelated JSON is ignored
@@ -74,6 +75,19 @@ def test_cli_list_and_bad_inputs(tmp_path, capsys):
     assert main([*base, "--benchmark", "jaffe", "--root", str(tmp_path), "--task", "linear_probe"]) == 2
 
 
+def one_record(out, pattern):
+    """The one result record under `out` whose name matches `pattern` (names end with the record id)."""
+    files = sorted(out.glob(pattern))
+    assert len(files) == 1, files
+    return json.loads(files[0].read_text())
+
+
+@pytest.fixture
+def tiny_ckpt(tmp_path):
+    """A saved tiny model: fixed weights, so feature caches and record ids are reproducible across runs."""
+    return save_checkpoint(affectclip.create_model("tiny-vit"), tmp_path / "tiny.safetensors")
+
+
 def fake_ferplus(root, n_per_class=4):
     rng = np.random.default_rng(0)
     rows = ["path,label,split"]
@@ -87,20 +101,20 @@ def fake_ferplus(root, n_per_class=4):
     (root / "labels.csv").write_text("\n".join(rows) + "\n")
 
 
-def test_cli_end_to_end_zeroshot_probe_table(tmp_path, bpe_path, monkeypatch, capsys):
+def test_cli_end_to_end_zeroshot_probe_table(tmp_path, bpe_path, monkeypatch, capsys, tiny_ckpt):
     monkeypatch.setenv("AFFECTCLIP_BPE_PATH", str(bpe_path))
     fake_ferplus(tmp_path / "fp")
     out = tmp_path / "out"
-    common = ["eval", "run", "--model", "tiny-vit", "--benchmark", "ferplus", "--root", str(tmp_path / "fp"),
+    common = ["eval", "run", "--model", str(tiny_ckpt), "--benchmark", "ferplus", "--root", str(tmp_path / "fp"),
               "--split", "valid", "--output", str(out), "--batch-size", "5"]
     assert main([*common, "--prompts", "expclip5", "--agg", "logit"]) == 0
-    rec = json.loads((out / "ferplus_valid_tiny-vit_zeroshot.json").read_text())
+    rec = one_record(out, "ferplus_valid_tiny.safetensors_zeroshot_*.json")
     assert rec["n_samples"] == 12 and rec["prompt_agg"] == "logit" and rec["failures"]["count"] == 0
     assert rec["prompts"]["neutral"][0] == "an expression of neutral."
     assert rec["metrics"]["n_classes_present"] == 3 and rec["metrics"]["classes_absent"][0] == "sadness"
-    assert (out / "ferplus_valid_tiny-vit_zeroshot.png").exists()
+    assert (out / f"ferplus_valid_tiny.safetensors_zeroshot_{rec['id']}.png").exists()
     assert main([*common, "--task", "linear_probe", "--probe-c", "1.0"]) == 0
-    rec = json.loads((out / "ferplus_valid_tiny-vit_linear_probe.json").read_text())
+    rec = one_record(out, "ferplus_valid_tiny.safetensors_linear_probe_*.json")
     assert rec["probe"]["C"] == 1.0 and rec["metrics"]["n_samples"] == 12
     assert len(list((out / "features").glob("*.npz"))) == 2  # valid split features reused across tasks
     capsys.readouterr()
@@ -135,8 +149,8 @@ def test_cli_fold_all_writes_fold_records_and_mean(tmp_path, bpe_path, monkeypat
     assert main(base) == 2 and "--fold" in capsys.readouterr().err
     assert main([*base, "--fold", "6"]) == 2 and "folds are 1..5" in capsys.readouterr().err
     assert main([*base, "--fold", "all", "--workers", "1"]) == 0
-    folds = [json.loads((out / f"dfew_test_fold{k}_tiny-vit_zeroshot.json").read_text()) for k in range(1, 6)]
-    mean = json.loads((out / "dfew_test_foldmean_tiny-vit_zeroshot.json").read_text())
+    folds = [one_record(out, f"dfew_test_fold{k}_tiny-vit_zeroshot_*.json") for k in range(1, 6)]
+    mean = one_record(out, "dfew_test_foldmean_tiny-vit_zeroshot_*.json")
     wars = [r["metrics"]["war"] for r in folds]
     assert mean["fold"] == "mean" and mean["n_samples"] == 15 and mean["per_fold"]["fold"] == [1, 2, 3, 4, 5]
     assert mean["metrics"]["war"] == pytest.approx(np.mean(wars))

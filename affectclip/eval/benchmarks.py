@@ -5,7 +5,9 @@ one-line description of the official layout, and a layout parser with its parame
 similar layouts (a split/list file, class folders, file-name codes, Tandon-A EMOTIC arrays, CK+ sequences), so
 adding a benchmark is adding a row. Labels stay in the dataset's native order; `prompt_names` maps them to the
 canonical vocabulary for prompts. Nothing here downloads data: a missing folder or split file raises
-`FileNotFoundError` naming the expected path and the official layout.
+`FileNotFoundError` naming the expected path and the official layout. A list-file row with a bad label or too few
+fields becomes an `Item` with an `error`: it is counted as a failure of the evaluation, never ends it (only a split
+with no usable row does).
 """
 
 from __future__ import annotations
@@ -31,6 +33,7 @@ class Item:
     split: str
     fold: int | None = None
     targets: tuple[float, ...] | None = None  # multi-hot categories then continuous values (EMOTIC, BoLD)
+    error: str | None = None  # why this row cannot be evaluated (bad label, short row); None for a usable item
 
 
 @dataclass(frozen=True)
@@ -62,15 +65,22 @@ class Benchmark:
         items = self.parser(self, root, split, fold, **self.options)
         if not items:
             raise ValueError(f"{self.name} split '{split}' under {root} is empty; expected layout: {self.layout}")
+        if all(it.error for it in items):
+            raise ValueError(f"{self.name} split '{split}' has no usable row; the first: {items[0].error}")
         return items
 
-    def to_manifest(self, root: str | Path, split: str, out: str | Path, fold: int | None = None) -> Path:
-        """Write the items as an affectclip manifest (absolute paths, native integer labels)."""
+    def to_manifest(self, root: str | Path, split: str, out: str | Path,
+                    fold: int | None = None) -> tuple[Path, list[dict[str, Any]]]:
+        """Write the usable items as an affectclip manifest (absolute paths, native integer labels); returns it
+        with a failure entry (`path`, `error`) for each row left out."""
         from affectclip.data.manifest import write_manifest
 
         root = Path(root).resolve()  # the manifest lives elsewhere (--output): a relative root would not resolve
-        rows = []
+        rows, skipped = [], []
         for it in self.items(root, split, fold):
+            if it.error:
+                skipped.append({"index": None, "path": it.path, "error": it.error})
+                continue
             row: dict[str, Any] = {"path": str(root / it.path), "split": it.split, "id": it.path}
             if it.label >= 0:
                 row["label"] = it.label
@@ -80,7 +90,7 @@ class Benchmark:
                 names = [*self.classes, *self.continuous]
                 row["targets"] = dict(zip(names, it.targets, strict=True))
             rows.append(row)
-        return write_manifest(rows, out)
+        return write_manifest(rows, out), skipped
 
 
 def _need(bench: Benchmark, path: Path) -> Path:
@@ -152,16 +162,22 @@ def parse_list_file(
     items = []
     for i, row in enumerate(rows):
         n = i + 2 if header else i + 1
+        if split_prefix and len(row) > path_col and not row[path_col].strip().startswith(sname):
+            continue  # another split's row (checked first, so a short row is reported in its own split only)
         if len(row) <= max(cols):
-            raise ValueError(f"{path}, line {n}: expected ≥ {max(cols) + 1} fields, got {row}")
+            items.append(Item(f"{path.name}:{n}", -1, split, fold,
+                              error=f"{path}, line {n}: expected ≥ {max(cols) + 1} fields, got {row}"))
+            continue
         rel = str(i) if path_col is None else row[path_col].strip()
         raw = row[label_col].strip()
-        if raw in skip_labels or (split_prefix and not rel.startswith(sname)):
+        if raw in skip_labels:
             continue
         if split_col is not None and row[split_col].strip() != sname:
             continue
-        label = _label_index(bench, raw, label_base, names, f"{path}, line {n}")
-        items.append(Item(rel, label, split, fold))
+        try:
+            items.append(Item(rel, _label_index(bench, raw, label_base, names, f"{path}, line {n}"), split, fold))
+        except ValueError as exc:
+            items.append(Item(rel, -1, split, fold, error=str(exc)))
     return _media_paths(root, items, path_fmt, split)
 
 
@@ -188,8 +204,9 @@ def _media_paths(root: Path, items: list[Item], path_fmt: str | Sequence[str], s
     def fmt(f: str, rel: str) -> str:
         return f.format(rel, stem=Path(rel).stem, split=split)
 
-    chosen = next((f for f in fmts if items and (root / fmt(f, items[0].path)).exists()), fmts[0])
-    return [replace(it, path=fmt(chosen, it.path)) for it in items]
+    probe = next((it.path for it in items if not it.error), None)
+    chosen = next((f for f in fmts if probe is not None and (root / fmt(f, probe)).exists()), fmts[0])
+    return [it if it.error else replace(it, path=fmt(chosen, it.path)) for it in items]
 
 
 def parse_class_folders(bench: Benchmark, root: Path, split: str, fold: int | None,

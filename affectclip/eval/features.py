@@ -5,7 +5,9 @@ time, so `cached_features` stores them once as `.npz` keyed by a hash of everyth
 or config, dataset manifest/split, pre-processing, pooling) and reuses them on the next call.
 
 Accounting (evaluation.md §6.1–6.3): every sample is visited exactly once; samples that fail to load arrive as
-`{"error", "index", "path"}` dicts and are listed in `FeatureSet.errors`, never substituted or dropped silently.
+`{"error", "index", "path"}` dicts and are listed in `FeatureSet.errors`, never substituted or dropped silently. A
+sample whose decoding raises anything (a decompression bomb, a codec crash) is counted the same way, so one bad file
+never ends a job; only when no sample at all could be read does extraction stop, naming the first error.
 Under torchrun each rank encodes the strided shard `rank::world_size` (no `DistributedSampler`, whose padding
 duplicates samples) and the shards are gathered and put back in index order, so every rank ends with the same
 features as a one-process run.
@@ -19,6 +21,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import zipfile
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -28,6 +31,10 @@ import torch
 import torch.nn.functional as F
 
 from affectclip.core.distributed import rank_world
+from affectclip.core.errors import RunError
+from affectclip.core.io import atomic_path
+from affectclip.core.progress import progress_bar
+from affectclip.data.manifest import Manifest
 from affectclip.models.temporal import masked_mean
 
 VIDEO_POOLS = ("mean_embed", "mean_logits")
@@ -126,20 +133,49 @@ def _stack(samples: list[dict[str, Any]], device: str) -> dict[str, torch.Tensor
     return batch
 
 
+class _CountedSubset(torch.utils.data.Dataset):
+    """`dataset[indices]` where a sample whose decoding raises becomes an `{"error", "index", "path"}` dict: the
+    dataset catches the decoder errors it knows, this catches the rest (e.g. PIL's DecompressionBombError), so one
+    hostile file is counted and named instead of ending the evaluation."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, indices: list[int]) -> None:
+        self.dataset, self.indices = dataset, indices
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        index = self.indices[i]
+        try:
+            return self.dataset[index]
+        except Exception as exc:  # noqa: BLE001 - counted and reported; extract_features stops if nothing loads
+            records = getattr(getattr(self.dataset, "manifest", None), "records", None)
+            path = records[index].get("path") if records is not None else None
+            return {"error": f"{type(exc).__name__}: {exc}", "index": index, "path": path}
+
+
 @torch.no_grad()
 def _encode_shard(model, dataset, indices: list[int], batch_size: int, device: str, video_pool: str,
-                  keep_frames: bool, num_workers: int, mask_policy: str) -> dict[str, Any]:
+                  keep_frames: bool, num_workers: int, mask_policy: str, progress: str | None) -> dict[str, Any]:
     """Encode `dataset[indices]`; plain arrays/lists so that shards can be gathered across processes."""
-    loader = torch.utils.data.DataLoader(torch.utils.data.Subset(dataset, indices), batch_size=batch_size,
+    loader = torch.utils.data.DataLoader(_CountedSubset(dataset, indices), batch_size=batch_size,
                                          shuffle=False, num_workers=num_workers, collate_fn=list)
     out: dict[str, Any] = {"features": [], "padding_mask": [], "labels": [], "indices": [], "captions": [],
                            "targets": [], "errors": []}
-    for samples in loader:
-        out["errors"] += [{"index": s.get("index"), "path": s.get("path"), "error": s["error"]}
-                          for s in samples if "error" in s]
-        ok = [s for s in samples if "error" not in s]
-        if not ok:
-            continue
+    with progress_bar(len(indices), progress or "", quiet=progress is None) as bar:
+        for samples in loader:
+            _encode_batch(model, samples, device, video_pool, keep_frames, mask_policy, out)
+            bar.advance(len(samples))
+    return out
+
+
+def _encode_batch(model, samples: list[dict[str, Any]], device: str, video_pool: str, keep_frames: bool,
+                  mask_policy: str, out: dict[str, Any]) -> None:
+    """Append one loader batch's features, labels and failures to the shard's lists `out`."""
+    out["errors"] += [{"index": s.get("index"), "path": s.get("path"), "error": s["error"]}
+                      for s in samples if "error" in s]
+    ok = [s for s in samples if "error" not in s]
+    if ok:
         batch = _stack(ok, device)
         out["features"].append(encode_visual(model, batch, video_pool, keep_frames, mask_policy).cpu().numpy())
         if keep_frames and "padding_mask" in batch:
@@ -149,7 +185,6 @@ def _encode_shard(model, dataset, indices: list[int], batch_size: int, device: s
         out["captions"] += [s.get("caption") for s in ok]
         if "targets" in ok[0]:
             out["targets"].append(np.stack([np.asarray(s["targets"], dtype=np.float32) for s in ok]))
-    return out
 
 
 def _cat(parts: list[np.ndarray]) -> np.ndarray | None:
@@ -166,18 +201,20 @@ def extract_features(
     keep_frames: bool = False,
     num_workers: int = 0,
     mask_policy: str = "none",
+    progress: str | None = None,
 ) -> FeatureSet:
     """Run the frozen visual encoder over `dataset` once, in index order (deterministic; no shuffling).
 
     `num_workers` DataLoader processes decode in parallel. Inside an initialised process group (torchrun) each rank
-    encodes `range(rank, N, world_size)` and all ranks receive the gathered result in index order.
+    encodes `range(rank, N, world_size)` and all ranks receive the gathered result in index order. `progress` labels
+    a progress bar drawn by rank 0 on a terminal (`core.progress`); None draws none (in-training validation).
     """
     if len(dataset) == 0:
         raise ValueError("the evaluation split is empty; check the split file / manifest")
     model.eval().to(device)
     rank, world = rank_world()
     shard = _encode_shard(model, dataset, list(range(rank, len(dataset), world)), batch_size, device, video_pool,
-                          keep_frames, num_workers, mask_policy)
+                          keep_frames, num_workers, mask_policy, progress if rank == 0 else None)
     shards = [shard]
     if world > 1:
         shards = [None] * world
@@ -190,6 +227,10 @@ def extract_features(
             f"sample accounting failed: dataset has {len(dataset)} samples, evaluator saw {len(seen)} "
             f"({len(set(seen))} distinct indices); every sample must be evaluated exactly once"
         )
+    if not indices:
+        first = errors[0]
+        raise RunError(f"none of the {len(dataset)} samples could be read; the first failure: {first['path']}: "
+                       f"{first['error']}")
     order = np.argsort(np.asarray(indices, dtype=np.int64), kind="stable")
     features = _cat([f for s in shards for f in s["features"]])
     targets = _cat([t for s in shards for t in s["targets"]])
@@ -223,7 +264,25 @@ def cached_features(cache_dir: str | Path, key_parts: dict[str, Any], **extract_
     extract_kwargs.setdefault("mask_policy", "none")
     parts = {**key_parts, **{k: extract_kwargs[k] for k in ("video_pool", "keep_frames", "mask_policy")}}
     path = Path(cache_dir) / f"features_{cache_key(parts)}.npz"
-    if path.exists():
+    cached = _read_cache(path) if path.exists() else None
+    if cached is not None:
+        return cached, True
+    fs = extract_features(**extract_kwargs)
+    if rank_world()[0] != 0:
+        return fs, False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    arrays = {"features": fs.features, "labels": fs.labels, "indices": fs.indices}
+    arrays.update({k: v for k, v in (("targets", fs.targets), ("padding_mask", fs.padding_mask)) if v is not None})
+    meta = json.dumps({"key": parts, "errors": fs.errors, "captions": fs.captions}, default=str)
+    with atomic_path(path) as tmp, open(tmp, "wb") as fh:
+        np.savez(fh, meta=np.asarray(meta), **arrays)
+    return fs, False
+
+
+def _read_cache(path: Path) -> FeatureSet | None:
+    """A cached FeatureSet, or None when the file cannot be read (truncated, foreign or corrupt): it is then
+    extracted again and replaced, never trusted and never a traceback."""
+    try:
         with np.load(path, allow_pickle=False) as z:
             meta = json.loads(str(z["meta"]))
             return FeatureSet(
@@ -234,21 +293,12 @@ def cached_features(cache_dir: str | Path, key_parts: dict[str, Any], **extract_
                 targets=z["targets"] if "targets" in z else None,
                 padding_mask=z["padding_mask"] if "padding_mask" in z else None,
                 captions=meta["captions"],
-            ), True
-    fs = extract_features(**extract_kwargs)
-    if rank_world()[0] != 0:
-        return fs, False
-    path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {"features": fs.features, "labels": fs.labels, "indices": fs.indices}
-    arrays.update({k: v for k, v in (("targets", fs.targets), ("padding_mask", fs.padding_mask)) if v is not None})
-    meta = json.dumps({"key": parts, "errors": fs.errors, "captions": fs.captions}, default=str)
-    tmp = path.with_suffix(".tmp.npz")
-    np.savez(tmp, meta=np.asarray(meta), **arrays)
-    tmp.replace(path)
-    return fs, False
+            )
+    except (OSError, ValueError, KeyError, EOFError, zipfile.BadZipFile):
+        return None
 
 
-def with_box_masks(manifest: str | Path, out_dir: str | Path) -> Path:
+def with_box_masks(manifest: Manifest, out_dir: str | Path) -> Manifest:
     """For `mask_policy="face"`: image rows with face `boxes` but no `mask` get a mask image rasterised from the
     boxes, so the dataset resizes/crops it together with the image. Returns the manifest to read (the input itself
     when no row needed a mask). Unreadable images are left as they are: the dataset reports them as sample errors.
@@ -256,26 +306,25 @@ def with_box_masks(manifest: str | Path, out_dir: str | Path) -> Path:
     from PIL import Image
 
     from affectclip.data.faces import boxes_to_mask
-    from affectclip.data.manifest import read_manifest, write_manifest
 
-    m = read_manifest(manifest)
     out = Path(out_dir)
     rows, changed = [], False
-    for rec in m.records:
-        row = {**rec, "path": str(m.resolve(rec["path"]))}
-        if "mask" in rec:
-            row["mask"] = str(m.resolve(rec["mask"]))
-        elif "boxes" in rec:
+    for rec in manifest.records:
+        row = dict(rec)
+        if "boxes" in rec and "mask" not in rec:
+            path = manifest.resolve(rec["path"])
             try:
-                with Image.open(row["path"]) as im:
+                with Image.open(path) as im:
                     width, height = im.size
-            except OSError:
+            except Exception:  # noqa: BLE001 - the dataset reports the unreadable image as a counted sample error
                 rows.append(row)
                 continue
-            mask_path = out / f"mask_{cache_key({'path': row['path'], 'boxes': rec['boxes']})}.png"
+            mask_path = out / f"mask_{cache_key({'path': str(path), 'boxes': rec['boxes']})}.png"
             if not mask_path.exists():
                 out.mkdir(parents=True, exist_ok=True)
-                Image.fromarray(boxes_to_mask(rec["boxes"], height, width).astype(np.uint8) * 255).save(mask_path)
-            row["mask"], changed = str(mask_path), True
+                with atomic_path(mask_path) as tmp:
+                    Image.fromarray(boxes_to_mask(rec["boxes"], height, width).astype(np.uint8) * 255).save(
+                        tmp, format="PNG")
+            row["mask"], changed = str(mask_path.resolve()), True
         rows.append(row)
-    return write_manifest(rows, out / f"{Path(manifest).stem}_face_masks.jsonl") if changed else Path(manifest)
+    return Manifest(rows, manifest.root, manifest.source, manifest.problems) if changed else manifest

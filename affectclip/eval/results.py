@@ -1,7 +1,10 @@
-"""Result records: one JSON per (model, benchmark, split/fold, task) (evaluation.md §7), merged into tables.
+"""Result records: one JSON per evaluation (evaluation.md §7), merged into tables.
 
 A number is only comparable when its protocol is known, so each record carries the prompts verbatim, the
-aggregation, the split-file hashes, the sample/failure counts, the package version and the git commit.
+protocol (prompt set, aggregation, mask policy, video pooling, probe protocol and C), the weights' SHA-256, the
+split-file hashes, the sample/failure counts, the package version and the git commit. The file name ends with
+`record_id`, a hash of everything that changes the numbers, so two protocols never overwrite each other's record
+while re-running one evaluation replaces its record; `eval table` shows each of those options as a column.
 """
 
 from __future__ import annotations
@@ -17,8 +20,14 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 
-TABLE_KEYS = ("model", "benchmark", "split", "fold", "task", "prompt_set", "prompt_agg", "n_samples")
+from affectclip.core.io import atomic_path, atomic_write_text
+
+TABLE_KEYS = ("model", "weights", "benchmark", "split", "fold", "task", "prompt_set", "prompt_agg", "mask_policy",
+              "video_pool", "probe_protocol", "probe_c", "n_samples", "id")
+# what the record id hashes: every field that changes the numbers
+ID_FIELDS = ("model", "weights", "benchmark", "data", "split", "fold", "task", "classes", "protocol")
 
 
 def sha256_file(path: str | Path) -> str:
@@ -27,6 +36,24 @@ def sha256_file(path: str | Path) -> str:
         for chunk in iter(lambda: fh.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def state_sha256(model: Any) -> str:
+    """SHA-256 of a model's tensors (names, dtypes, shapes, values): names the weights actually evaluated, also for
+    a model built from a config name (random initialisation) or converted from a foreign checkpoint."""
+    h = hashlib.sha256()
+    for name, tensor in sorted(model.state_dict().items()):
+        t = tensor.detach().cpu().contiguous()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}|".encode())
+        h.update(t.view(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
+def weights_identity(path: str | Path | None, model: Any) -> dict[str, str | None]:
+    """`{"path", "sha256", "tensors_sha256"}`: the checkpoint file (when there is one) and the evaluated tensors."""
+    file = Path(path) if path is not None and Path(path).is_file() else None
+    return {"path": str(file.resolve()) if file else None, "sha256": sha256_file(file) if file else None,
+            "tensors_sha256": state_sha256(model)}
 
 
 def git_commit(repo: str | Path | None = None) -> str | None:
@@ -48,19 +75,24 @@ def make_record(
     classes: Sequence[str],
     result: dict[str, Any],
     fold: int | None = None,
-    weights: str | None = None,
+    weights: dict[str, str | None] | None = None,
+    data: dict[str, str] | None = None,
+    protocol: dict[str, Any] | None = None,
     split_files: Sequence[str | Path] = (),
     prompt_set: str | None = None,
     config: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """Assemble the record; `result` is the output of an evaluator (metrics, prompts, failures, probe, ...)."""
+    """Assemble the record; `result` is the output of an evaluator (metrics, prompts, failures, probe, ...).
+
+    `weights` is `weights_identity(...)`; `data` names what was read (benchmark root, manifest paths); `protocol`
+    holds every option that changes the numbers (see `ZeroShotProtocol.describe` and `eval run`)."""
     from affectclip import __version__
 
-    weights_sha = sha256_file(weights) if weights and Path(weights).is_file() else None
-    return {
+    record = {
         "model": model,
-        "weights": {"path": str(weights) if weights else None, "sha256": weights_sha},
+        "weights": weights or {"path": None, "sha256": None, "tensors_sha256": None},
         "benchmark": benchmark,
+        "data": data or {},
         "split": split,
         "fold": fold,
         "task": task,
@@ -69,11 +101,19 @@ def make_record(
         "prompt_set": prompt_set,
         "n_samples": result.get("metrics", {}).get("n_samples"),
         **result,
+        "protocol": protocol or result.get("protocol") or {},
         "config": config or {},
         "package_version": __version__,
         "git_commit": git_commit(),
         "timestamp": datetime.now(timezone.utc).isoformat(timespec="seconds"),
     }
+    return {**record, "id": record_id(record)}
+
+
+def record_id(record: dict[str, Any]) -> str:
+    """12 hex digits of the SHA-256 of the fields that change the numbers (`ID_FIELDS`)."""
+    identity = {k: record.get(k) for k in ID_FIELDS}
+    return hashlib.sha256(json.dumps(identity, sort_keys=True, default=_json_default).encode()).hexdigest()[:12]
 
 
 def fold_mean_record(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
@@ -86,10 +126,10 @@ def fold_mean_record(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
     if len(records) < 2:
         raise ValueError("a fold mean needs at least two fold records")
-    for key in ("model", "benchmark", "split", "task", "prompt_set"):
-        if len({str(r.get(key)) for r in records}) > 1:
+    for key in ("model", "weights", "benchmark", "split", "task", "prompt_set", "protocol"):
+        if len({json.dumps(r.get(key), sort_keys=True, default=str) for r in records}) > 1:
             raise ValueError(f"fold records differ in '{key}': {[r.get(key) for r in records]}; average one run only")
-    agg = aggregate_folds([_scalars(r["metrics"]) for r in records])
+    agg = aggregate_folds([scalar_metrics(r["metrics"]) for r in records])
     n_samples = sum(int(r["metrics"].get("n_samples") or 0) for r in records)
     folds = [r.get("fold") for r in records]
     out = {k: v for k, v in records[0].items() if k not in ("probe", "timestamp")}
@@ -105,21 +145,27 @@ def fold_mean_record(records: Sequence[dict[str, Any]]) -> dict[str, Any]:
         split_file_sha256={k: v for r in records for k, v in r.get("split_file_sha256", {}).items()},
         timestamp=datetime.now(timezone.utc).isoformat(timespec="seconds"),
     )
-    return out
+    return {**out, "id": record_id(out)}
 
 
 def _slug(text: Any) -> str:
     return re.sub(r"[^A-Za-z0-9._+-]+", "-", str(text)).strip("-") or "none"
 
 
-def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
-    """Write `{benchmark}_{split}[_fold{k}]_{model}_{task}.json` under `out_dir` (CLIP_benchmark-style names)."""
+def record_path(record: dict[str, Any], out_dir: str | Path) -> Path:
+    """`{benchmark}_{split}[_fold{k}]_{model}_{task}_{id}.json` under `out_dir`: CLIP_benchmark-style names that stay
+    readable, made unique per protocol by the record id."""
     fold = f"_fold{record['fold']}" if record.get("fold") is not None else ""
-    name = f"{_slug(record['benchmark'])}_{_slug(record['split'])}{fold}_{_slug(Path(str(record['model'])).name)}_{_slug(record['task'])}.json"
-    path = Path(out_dir) / name
+    model = _slug(Path(str(record["model"])).name)
+    return Path(out_dir) / (f"{_slug(record['benchmark'])}_{_slug(record['split'])}{fold}_{model}_"
+                            f"{_slug(record['task'])}_{record.get('id') or record_id(record)}.json")
+
+
+def write_record(record: dict[str, Any], out_dir: str | Path) -> Path:
+    """Write the record atomically at `record_path` (a full disk never leaves a truncated record)."""
+    path = record_path(record, out_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(record, indent=2, default=_json_default), encoding="utf-8")
-    return path
+    return atomic_write_text(path, json.dumps(record, indent=2, default=_json_default))
 
 
 def _json_default(obj: Any) -> Any:
@@ -132,7 +178,7 @@ def _json_default(obj: Any) -> Any:
     raise TypeError(f"cannot serialise {type(obj).__name__} in a result record")
 
 
-def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
+def scalar_metrics(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
     """Flatten nested scalar metrics ("4-shot.war.mean"); lists, matrices and per-class dicts stay in the JSON."""
     out = {}
     for k, v in metrics.items():
@@ -141,7 +187,7 @@ def _scalars(metrics: dict[str, Any], prefix: str = "") -> dict[str, float]:
         if isinstance(v, (int, float)) and v is not None:
             out[prefix + k] = float(v)
         elif isinstance(v, dict) and k != "per_dimension":
-            out.update(_scalars(v, f"{prefix}{k}."))
+            out.update(scalar_metrics(v, f"{prefix}{k}."))
     return out
 
 
@@ -158,15 +204,29 @@ def build_table(results_dir: str | Path) -> pd.DataFrame:
             raise ValueError(f"{f} is not valid JSON ({exc}); delete or regenerate it") from exc
         if not isinstance(rec, dict) or "metrics" not in rec or "benchmark" not in rec:
             continue  # other JSON files (e.g. configs) living beside the results
-        row = {k: rec.get(k) for k in TABLE_KEYS}
+        row = _identity_row(rec)
         row["n_failures"] = (rec.get("failures") or {}).get("count")
-        row.update(_scalars(rec["metrics"]))
+        row.update(scalar_metrics(rec["metrics"]))
         rows.append(row)
     if not rows:
         raise ValueError(f"no result records (JSON with 'benchmark' and 'metrics') under {results_dir}")
+    table = pd.DataFrame(rows)
+    table = table.drop(columns=[k for k in TABLE_KEYS if table[k].isna().all()])  # e.g. probe columns of zero-shot
     # folds are ints, "mean" (fold_mean_record) or None: sort them as text, fold-less and numbered before the mean
-    return pd.DataFrame(rows).sort_values(["benchmark", "model", "task", "split", "fold"], ignore_index=True,
-                                          key=lambda col: col.map(_fold_order) if col.name == "fold" else col)
+    return table.sort_values([k for k in ("benchmark", "model", "task", "split", "fold", "id") if k in table],
+                             ignore_index=True, key=lambda col: col.map(_fold_order) if col.name == "fold" else col)
+
+
+def _identity_row(rec: dict[str, Any]) -> dict[str, Any]:
+    """The table's identity columns: the record's own fields, the protocol's options, the weights' short hash."""
+    protocol = rec.get("protocol") or {}
+    row = {k: rec.get(k, protocol.get(k)) for k in TABLE_KEYS}
+    weights = rec.get("weights") or {}
+    sha = weights.get("sha256") or weights.get("tensors_sha256")
+    row["weights"] = sha[:12] if sha else None
+    row["prompt_set"] = rec.get("prompt_set") or protocol.get("prompts")
+    row["prompt_agg"] = rec.get("prompt_agg") or protocol.get("agg")
+    return row
 
 
 def _fold_order(value: Any) -> str:
@@ -189,14 +249,9 @@ def to_markdown(df: pd.DataFrame, digits: int = 2) -> str:
 
 
 def write_table(df: pd.DataFrame, path: str | Path, fmt: str = "md") -> Path:
-    path = Path(path)
-    if fmt == "csv":
-        df.to_csv(path, index=False)
-    elif fmt == "md":
-        path.write_text(to_markdown(df), encoding="utf-8")
-    else:
+    if fmt not in ("md", "csv"):
         raise ValueError(f"table format must be 'md' or 'csv', got '{fmt}'")
-    return path
+    return atomic_write_text(path, df.to_csv(index=False) if fmt == "csv" else to_markdown(df))
 
 
 def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], path: str | Path, title: str = "") -> Path:
@@ -222,6 +277,7 @@ def plot_confusion(confusion: Sequence[Sequence[int]], classes: Sequence[str], p
     fig.colorbar(im, ax=ax, fraction=0.046)
     ax.set_title(title)
     fig.tight_layout()
-    fig.savefig(path, dpi=120)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, format="png")
     plt.close(fig)
     return Path(path)
