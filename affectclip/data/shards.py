@@ -162,6 +162,8 @@ def _iter_tar(path: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[
                 f = tar.extractfile(member)
                 group["." + suffix] = f.read() if f is not None else b""
     except _TAR_ERRORS as exc:
+        if ".error" in group:  # a refused sample is complete: count it before the damage
+            yield key, group
         reason = display_path(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
         message = f"unreadable shard ({reason}); the rest of this shard is skipped: re-write it with `affectclip data shard`"
         yield key or "", {".error": message.encode()}
