@@ -451,7 +451,7 @@ def save_embeddings(meta: pd.DataFrame, emb: np.ndarray, path: str | os.PathLike
 
 def load_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, dict]:
     """(meta, embeddings, info) from a file written by `save_embeddings`; info holds the model that built it.
-    A damaged or foreign file (bad JSON, missing keys, wrong types, non-finite vectors) is a `UserError` naming it."""
+    A damaged or foreign file (bad JSON, missing keys, wrong types or shapes) is a `UserError` naming it."""
     from affectclip.core.errors import UserError
 
     path = Path(path)
@@ -459,8 +459,8 @@ def load_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, 
         raise FileNotFoundError(f"embedding index not found: {path}; build one with `affectclip embed`")
     try:
         meta, emb, info = _read_embeddings(path)
-        if not isinstance(info, dict) or emb.ndim != 2 or not np.isfinite(emb).all():
-            raise ValueError("the index info is not an object, or the vectors are not a finite matrix")
+        if not isinstance(info, dict) or emb.ndim != 2:  # NaN rows are legal: inputs without a face
+            raise ValueError("the index info is not an object, or the vectors are not a matrix")
     except (KeyError, TypeError, ValueError, IndexError) as exc:  # pyarrow's ArrowInvalid is a ValueError
         raise UserError(f"{path}: not a readable embedding index ({type(exc).__name__}: {exc}); re-run "
                         "`affectclip embed`") from None
