@@ -306,7 +306,7 @@ def test_csv_with_a_bom_reads_and_an_unterminated_quote_fails(tmp_path, capsys):
 @pytest.mark.parametrize("fps", ["1e400", "NaN", "-3", "\"fast\"", "true"])
 def test_frames_json_with_a_non_finite_fps_is_one_line(tmp_path, fps):
     (tmp_path / "000000.png").write_bytes(png_bytes(FACE))
-    (tmp_path / "frames.json").write_text('{"fps": %s, "frames": []}' % fps)
+    (tmp_path / "frames.json").write_text(f'{{"fps": {fps}, "frames": []}}')
     with pytest.raises(VideoError, match="frames.json.*'fps'"):
         probe(tmp_path)
 

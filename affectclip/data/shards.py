@@ -352,8 +352,8 @@ class ShardDataset(torch.utils.data.IterableDataset):
 
     def _sample(self, shard: Path, key: str, group: dict[str, bytes], position: int) -> dict[str, Any]:
         where = display_path(f"{shard}:{key}")
-        if ".error" in group:
-            return {"error": group[".error"].decode(), "index": position, "path": where}
+        if ".error" in group:  # the message names the member or the damage
+            return {"error": group[".error"].decode(), "index": position, "path": display_path(shard)}
         image_suffix = next((s for s in group if s not in (".json", ".mask.png")), None)
         if image_suffix is None:
             return {"error": "no image member in the shard for this key", "index": position, "path": where}

@@ -169,9 +169,12 @@ def _features(loaded: dict[str, Any], manifest: Path, classes, args: argparse.Na
     from affectclip.eval.features import cached_features, with_box_masks
     from affectclip.eval.results import sha256_file
 
+    # Benchmark manifests are written by the adapters with absolute paths under the user's --root: reading there
+    # is what the user asked for. A user's own --manifest keeps its rows inside its folder.
+    allow_outside = not args.manifest
     if loaded["mask_policy"] == "face":
-        manifest = with_box_masks(manifest, Path(args.output) / "masks")
-    ds = ManifestDataset(manifest, transform=loaded["transform"], classes=classes or None)
+        manifest = with_box_masks(manifest, Path(args.output) / "masks", allow_outside)
+    ds = ManifestDataset(manifest, transform=loaded["transform"], classes=classes or None, allow_outside=allow_outside)
     keep = args.task == "zeroshot" and args.video_pool == "mean_logits"
     key = {**loaded["id"], "manifest_sha256": sha256_file(manifest), "transform": repr(loaded["transform"])}
     fs, _ = cached_features(Path(args.output) / "features", key, model=loaded["model"], dataset=ds,

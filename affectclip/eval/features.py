@@ -248,7 +248,7 @@ def cached_features(cache_dir: str | Path, key_parts: dict[str, Any], **extract_
     return fs, False
 
 
-def with_box_masks(manifest: str | Path, out_dir: str | Path) -> Path:
+def with_box_masks(manifest: str | Path, out_dir: str | Path, allow_outside: bool = False) -> Path:
     """For `mask_policy="face"`: image rows with face `boxes` but no `mask` get a mask image rasterised from the
     boxes, so the dataset resizes/crops it together with the image. Returns the manifest to read (the input itself
     when no row needed a mask). Unreadable images are left as they are: the dataset reports them as sample errors.
@@ -258,7 +258,7 @@ def with_box_masks(manifest: str | Path, out_dir: str | Path) -> Path:
     from affectclip.data.faces import boxes_to_mask
     from affectclip.data.manifest import read_manifest, write_manifest
 
-    m = read_manifest(manifest)
+    m = read_manifest(manifest, allow_outside=allow_outside)
     out = Path(out_dir)
     rows, changed = [], False
     for rec in m.records:
