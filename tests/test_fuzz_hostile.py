@@ -30,6 +30,7 @@ from affectclip.cli import main
 
 FACE = np.tile(np.arange(0, 240, 15, dtype=np.uint8)[None, :, None], (16, 1, 3))
 NON_UTF8 = os.fsdecode(b"odd-\xff\xfe.png")
+SECRET = png_bytes(255 - FACE)  # an image outside the data folder: its bytes must never reach a shard
 
 
 def _run_confined(root: Path, out: Path, argv: list[str], capsys) -> int:
@@ -52,6 +53,7 @@ def arena(tmp_path_factory):
     """root/sentinel.txt beside root/work/in: a folder of hostile media, manifests, shards and a FER+ folder."""
     root = tmp_path_factory.mktemp("arena")
     (root / "sentinel.txt").write_text("do not touch")
+    (root / "secret.png").write_bytes(SECRET)
     media = root / "work" / "in" / "media"
     media.mkdir(parents=True)
     (media / "ok.png").write_bytes(png_bytes(FACE))
@@ -97,7 +99,14 @@ def _manifest_arena(root: Path) -> Path:
     (data / "bomb.png").write_bytes(png_bomb())
     if not (data / "link.png").is_symlink():
         (data / "link.png").symlink_to(root / "sentinel.txt")
+        (data / "secret-link.png").symlink_to(root / "secret.png")
     return data
+
+
+def _assert_nothing_from_outside(out: Path) -> None:
+    for tar in out.glob("*.tar"):
+        body = tar.read_bytes()
+        assert b"do not touch" not in body and SECRET not in body and b"root:" not in body, tar
 
 
 HOSTILE_ROWS = [
@@ -113,13 +122,17 @@ HOSTILE_ROWS = [
 ]
 
 
-@pytest.mark.parametrize("form", ["jsonl", "csv-bom", "csv-quote", "parquet", "not-utf8", "jsonl-nan"])
+@pytest.mark.parametrize("form", ["jsonl", "csv-bom", "csv-quote", "parquet", "not-utf8", "jsonl-nan", "outside"])
 def test_data_check_and_shard_over_hostile_manifests(arena, form, capsys, tmp_path):
     data = _manifest_arena(arena)
     suffix = {"csv-bom": ".csv", "csv-quote": ".csv", "parquet": ".parquet"}.get(form, ".jsonl")
     path = data / f"m-{form}-{tmp_path.name}{suffix}"
     if form == "jsonl":
         path.write_text("".join(json.dumps(r) + "\n" for r in HOSTILE_ROWS) + "{broken\n[1, 2]\n")
+    elif form == "outside":  # image rows only, each leading out another way
+        rows = [{"path": p, "label": "a"} for p in ["ok.png", "secret-link.png", "../../../secret.png",
+                                                    str(arena / "secret.png")]]
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     elif form == "jsonl-nan":
         path.write_text('{"path": "ok.png", "label": "a", "start": NaN}\n{"path": "ok.png", "sentiment": [1e400]}\n')
     elif form == "not-utf8":
@@ -136,9 +149,8 @@ def test_data_check_and_shard_over_hostile_manifests(arena, form, capsys, tmp_pa
     out = arena / "work" / f"out-shard-{form}-{tmp_path.name}"
     _run_confined(arena, out, ["data", "check", path], capsys)
     rc = _run_confined(arena, out, ["data", "shard", path, out], capsys)
-    for tar in out.glob("*.tar"):  # whatever was packed holds nothing from outside the data folder
-        assert b"do not touch" not in tar.read_bytes() and b"root:" not in tar.read_bytes()
-    assert rc in (0, 2)
+    _assert_nothing_from_outside(out)
+    assert rc == 2  # every one of these manifests has a bad row: shard refuses it, naming the row
 
 
 json_values = st.recursive(
@@ -149,7 +161,8 @@ json_values = st.recursive(
 FIELDS = ["path", "label", "caption", "split", "id", "start", "end", "soft_label", "votes", "sentiment", "targets",
           "boxes", "mask", "labels", "meta", "fold"]
 rows = st.lists(st.dictionaries(st.sampled_from(FIELDS), json_values | st.sampled_from(
-    ["ok.png", "../ok.png", "/etc/hostname", "link.png", "bomb.png", "."]), max_size=6), min_size=0, max_size=4)
+    ["ok.png", "../ok.png", "/etc/hostname", "link.png", "secret-link.png", "bomb.png", "."]), max_size=6),
+    min_size=0, max_size=4)
 
 
 @settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
@@ -162,6 +175,7 @@ def test_fuzzed_manifests_never_traceback_or_escape(arena, records, capsys):
         out = Path(scratch) / "out"
         check = _run_confined(arena, Path(scratch), ["data", "check", path], capsys)
         shard = _run_confined(arena, Path(scratch), ["data", "shard", path, out], capsys)
+        _assert_nothing_from_outside(out)
         if check == 0:  # data check passed: every row is readable, inside the folder, and packs
             assert shard == 0
         if shard == 0:
