@@ -332,3 +332,16 @@ def test_a_corrupt_tar_without_index_is_one_line(tmp_path):
     with pytest.raises(UserError, match="bad.tar"):
         _ = ShardDataset([tmp_path / "bad.tar"]).counts
     assert tarfile  # the module under test reads with tarfile
+
+
+def test_data_shard_refuses_exactly_what_data_check_reports(tmp_path, capsys):
+    """`data check` flagged a decompression bomb while `data shard` packed it: the two now read the same problems."""
+    (tmp_path / "ok.png").write_bytes(png_bytes(FACE))
+    (tmp_path / "bomb.png").write_bytes(png_bomb())
+    manifest = _rows(tmp_path / "m.jsonl", [{"path": "ok.png", "label": "a"}, {"path": "bomb.png", "label": "a"}])
+    assert main(["data", "check", str(manifest)]) == 1
+    assert "row 2, path: cannot read this image" in capsys.readouterr().out
+    assert main(["data", "shard", str(manifest), str(tmp_path / "shards")]) == 2
+    err = capsys.readouterr().err
+    assert "row 2, path" in err and len(err.strip().splitlines()) == 1
+    assert not list((tmp_path / "shards").glob("*.tar"))

@@ -187,7 +187,7 @@ def test_fuzzed_manifests_never_traceback_or_escape(arena, records, capsys):
 
 
 @settings(max_examples=20, deadline=None)
-@given(payload=st.binary(max_size=300), suffix=st.sampled_from([".png", ".jpg", ".gif", ".tif", ".webp"]))
+@given(payload=st.binary(max_size=300), suffix=st.sampled_from([".png", ".jpg", ".gif", ".tif", ".webp", ".mp4"]))
 def test_fuzzed_image_bytes_are_a_counted_bad_sample(payload, suffix):
     from affectclip.data.datasets import ManifestDataset, collate
 

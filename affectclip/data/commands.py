@@ -65,6 +65,10 @@ def _shard(args: argparse.Namespace) -> int:
         raise _user_error("--max-size-mb and --max-count must be positive numbers")
     check_output_dir(args.out, "OUT")
     manifest = read_manifest(args.manifest, allow_outside=args.allow_outside)
+    if manifest.problems:  # exactly what `data check` reports: a shard never packs a row the check refuses
+        more = f" (and {len(manifest.problems) - 1} more)" if len(manifest.problems) > 1 else ""
+        raise _user_error(f"{args.manifest}: {manifest.problems[0]}{more}; fix the rows (`affectclip data check "
+                          f"{args.manifest}` lists them) before packing")
     shards = write_shards(manifest, args.out, max_size=int(args.max_size_mb * 2**20), max_count=args.max_count)
     print(f"wrote {len(manifest)} samples into {len(shards)} shard(s) under {args.out}")
     return 0
