@@ -345,3 +345,14 @@ def test_data_shard_refuses_exactly_what_data_check_reports(tmp_path, capsys):
     err = capsys.readouterr().err
     assert "row 2, path" in err and len(err.strip().splitlines()) == 1
     assert not list((tmp_path / "shards").glob("*.tar"))
+
+
+def test_numbers_from_a_manifest_are_checked_finite_and_in_range(tmp_path):
+    """A label index of 10^30 passed the schema and then overflowed int64 in `collate`, ending the job."""
+    rows = [{"path": "a.png", "label": 10**30}, {"path": "a.png", "label": -5}, {"path": "a.png", "fold": 2**40},
+            {"path": "a.png", "label": 1, "start": 1e400}, {"path": "a.png", "label": 1, "soft_label": [float("nan")]},
+            {"path": "a.png", "label": 1}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    problems = read_manifest(tmp_path / "m.jsonl", check_files=False, strict=False).problems
+    assert [(p.row, p.field) for p in problems] == [(1, "label"), (2, "label"), (3, "fold"), (4, "start"),
+                                                    (5, "soft_label")]

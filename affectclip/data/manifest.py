@@ -284,6 +284,8 @@ def _caption(value: Any, row: int) -> str | dict[str, Any]:
 def _label(value: Any, row: int, name: str = "label") -> str | int:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ManifestError(f"expected a class name or index, got {value!r}", row, name)
+    if isinstance(value, int) and not -1 <= value < 2**31:  # JSON ints are unbounded; labels become int64 tensors
+        raise ManifestError(f"class index {value} is out of range (-1 = unknown, else 0 <= index < 2^31)", row, name)
     if isinstance(value, str) and not value.strip():
         raise ManifestError("empty class name", row, name)
     return value
