@@ -173,7 +173,9 @@ def _features(loaded: dict[str, Any], manifest: Path, classes, args: argparse.Na
     # is what the user asked for. A user's own --manifest keeps its rows inside its folder.
     allow_outside = not args.manifest
     if loaded["mask_policy"] == "face":
-        manifest = with_box_masks(manifest, Path(args.output) / "masks", allow_outside)
+        derived = with_box_masks(manifest, Path(args.output) / "masks", allow_outside)
+        allow_outside |= derived != manifest  # its absolute rows were checked when the source manifest was read
+        manifest = derived
     ds = ManifestDataset(manifest, transform=loaded["transform"], classes=classes or None, allow_outside=allow_outside)
     keep = args.task == "zeroshot" and args.video_pool == "mean_logits"
     key = {**loaded["id"], "manifest_sha256": sha256_file(manifest), "transform": repr(loaded["transform"])}
