@@ -165,7 +165,7 @@ rows = st.lists(st.dictionaries(st.sampled_from(FIELDS), json_values | st.sample
     min_size=0, max_size=4)
 
 
-@settings(max_examples=25, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@settings(max_examples=25, deadline=None, database=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(records=rows)
 def test_fuzzed_manifests_never_traceback_or_escape(arena, records, capsys):
     data = _manifest_arena(arena)
@@ -186,7 +186,7 @@ def test_fuzzed_manifests_never_traceback_or_escape(arena, records, capsys):
         assert data.is_dir()
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, database=None)
 @given(payload=st.binary(max_size=300), suffix=st.sampled_from([".png", ".jpg", ".gif", ".tif", ".webp", ".mp4"]))
 def test_fuzzed_image_bytes_are_a_counted_bad_sample(payload, suffix):
     from affectclip.data.datasets import ManifestDataset, collate
@@ -202,7 +202,7 @@ def test_fuzzed_image_bytes_are_a_counted_bad_sample(payload, suffix):
         assert len(batch["errors"]) + len(batch.get("label", [])) == 2 and len(batch["label"]) >= 1
 
 
-@settings(max_examples=20, deadline=None)
+@settings(max_examples=20, deadline=None, database=None)
 @given(names=st.lists(st.sampled_from(["../a.png", "/abs.png", "ok.png", "ok.json", "b.png", "b.json", "c.mask.png",
                                        "d/../../e.png", "f.json"]), max_size=6),
        json_body=st.binary(max_size=40))

@@ -59,9 +59,12 @@ def _expand(inputs: list[str], extensions: tuple[str, ...]) -> list[tuple[Path, 
             raise UserError(f"{path}: no such file or folder")
     if not found:
         raise UserError(f"no input files with extensions {', '.join(extensions)} in {', '.join(inputs)}")
+    from affectclip.core.outputs import safe_relative_name
+
     used: dict[str, int] = {}
     named = []
-    for path, name in found:  # two inputs with the same stem must not overwrite each other's output
+    for path, name in found:  # two inputs with the same (safe) name must not overwrite each other's output
+        name = safe_relative_name(name)
         used[name] = used.get(name, 0) + 1
         named.append((path, name if used[name] == 1 else f"{name}_{used[name]}"))
     return named
