@@ -356,3 +356,25 @@ def test_numbers_from_a_manifest_are_checked_finite_and_in_range(tmp_path):
     problems = read_manifest(tmp_path / "m.jsonl", check_files=False, strict=False).problems
     assert [(p.row, p.field) for p in problems] == [(1, "label"), (2, "label"), (3, "fold"), (4, "start"),
                                                     (5, "soft_label")]
+
+
+def test_parquet_columns_json_cannot_store_are_row_problems(tmp_path, capsys):
+    """A Parquet timestamp column passed `data check` and then crashed `data shard` with a TypeError traceback."""
+    import datetime
+
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    (tmp_path / "a.png").write_bytes(png_bytes(FACE))
+    pq.write_table(pa.table({"path": ["a.png"], "label": ["x"], "when": [datetime.datetime(2020, 1, 1)]}),
+                   tmp_path / "m.parquet")
+    assert main(["data", "check", str(tmp_path / "m.parquet")]) == 1
+    assert "row 1, when: value cannot be stored as JSON" in capsys.readouterr().out
+    assert main(["data", "shard", str(tmp_path / "m.parquet"), str(tmp_path / "out")]) == 2
+    shard = tar_with(tmp_path / "s.tar", [("a.png", png_bytes(FACE)), ("a.json", b'{"label": "x", "index": 1e30}'),
+                                          ("b.png", png_bytes(FACE)), ("b.json", b'{"label": "x", "index": ' +
+                                                                        str(10**30).encode() + b"}")])
+    from affectclip.data.datasets import collate
+
+    batch = collate(list(ShardDataset([shard], classes=["x"])))
+    assert batch["index"].tolist() == [0, 1]  # absurd stored indices fall back to the stream position

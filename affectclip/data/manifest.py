@@ -306,6 +306,17 @@ def _boxes(value: Any, row: int) -> list[list[float]]:
     return out
 
 
+def _json_value(value: Any, row: int, name: str) -> Any:
+    """A free-form value as stored: it must survive a JSON round trip (shards and written manifests store rows as
+    JSON; a Parquet timestamp or bytes column would otherwise fail `data shard` after the check passed)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"value cannot be stored as JSON ({exc}); convert the column to text or numbers",
+                            row, name) from None
+    return value
+
+
 def normalize_row(raw: Any, row: int) -> dict[str, Any]:
     """Check one raw row against the schema and return it with canonical types; raises ManifestError(row, field)."""
     if not isinstance(raw, dict):
@@ -360,9 +371,9 @@ def normalize_row(raw: Any, row: int) -> dict[str, Any]:
         elif name == "meta":
             if not isinstance(value, dict):
                 raise ManifestError(f"expected an object, got {type(value).__name__}", row, name)
-            out[name] = value
+            out[name] = _json_value(value, row, name)
         else:
-            out[name] = value  # unknown fields pass through for user code
+            out[name] = _json_value(value, row, name)  # unknown fields pass through for user code
     if "start" in out and "end" in out and out["end"] <= out["start"]:
         raise ManifestError(f"end ({out['end']}) must be after start ({out['start']})", row, "end")
     if "caption" not in out and "label" not in out and "labels" not in out and "soft_label" not in out:

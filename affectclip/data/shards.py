@@ -346,7 +346,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         soft = rec.get("soft_label", rec.get("votes"))
         if soft is not None and self.classes is not None and len(soft) != len(self.classes):
             raise ValueError(f"JSON member: {len(soft)} soft-label values for {len(self.classes)} classes")
-        if isinstance(extra.get("index"), int) and not isinstance(extra["index"], bool) and extra["index"] >= 0:
+        if isinstance(extra.get("index"), int) and not isinstance(extra["index"], bool) and 0 <= extra["index"] < 2**62:
             rec["index"] = extra["index"]
         return rec
 
