@@ -306,3 +306,11 @@ def test_search_with_a_malformed_index_is_one_line(arena, model_path, sidecar, c
     assert rc == 2
     (tmp_path / "p.parquet").write_bytes(b"PAR1garbagePAR1")
     assert _run_confined(arena, tmp_path, ["search", tmp_path / "p.parquet", "x", "--model", model_path], capsys) == 2
+
+
+def test_broken_labels_file_and_synthetic_sizes_are_one_line(arena, model_path, capsys, tmp_path):
+    (tmp_path / "labels.txt").write_bytes(b"\xff\xfe bad\n")
+    media = arena / "work" / "in" / "media"
+    assert _run_confined(arena, tmp_path, ["predict", media, "--model", model_path,
+                                           "--labels-file", tmp_path / "labels.txt"], capsys) == 2
+    assert _run_confined(arena, tmp_path, ["data", "synthetic", tmp_path / "s", "--image-size", "0"], capsys) == 2

@@ -31,6 +31,8 @@ def _synthetic(args: argparse.Namespace) -> int:
     from affectclip.core.outputs import check_output_dir
     from affectclip.data.synthetic import write_synthetic_dataset
 
+    if not 1 <= args.image_size <= 1024:
+        raise _user_error(f"--image-size must be in 1-1024 pixels, got {args.image_size}")
     check_output_dir(args.out, "OUT")
     path = write_synthetic_dataset(args.out, args.n_train, args.n_test, args.seed, args.image_size, args.grayscale)
     print(f"wrote {args.n_train + args.n_test} synthetic faces and {path}")

@@ -43,7 +43,10 @@ def _read_labels(args: argparse.Namespace) -> list[str] | None:
         path = Path(args.labels_file)
         if not path.is_file():
             raise _user_error(f"--labels-file {path}: no such file")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        except UnicodeDecodeError as exc:
+            raise _user_error(f"--labels-file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         return [line for line in lines if line and not line.startswith("#")]
     return None
 
