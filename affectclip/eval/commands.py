@@ -30,6 +30,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     src = r.add_mutually_exclusive_group(required=True)
     src.add_argument("--benchmark", help="benchmark name (see `affectclip eval --list`)")
     src.add_argument("--manifest", help="an affectclip manifest instead of a benchmark (retrieval, custom sets)")
+    r.add_argument("--allow-outside", action="store_true",
+                   help="let --manifest rows name files outside the manifest's folder (refused by default)")
     r.add_argument("--root", help="dataset folder in the benchmark's official layout")
     r.add_argument("--task", choices=TASKS, default="zeroshot")
     r.add_argument("--split", help="evaluation split (default: the benchmark's test/validation split)")
@@ -171,7 +173,7 @@ def _features(loaded: dict[str, Any], manifest: Path, classes, args: argparse.Na
 
     # Benchmark manifests are written by the adapters with absolute paths under the user's --root: reading there
     # is what the user asked for. A user's own --manifest keeps its rows inside its folder.
-    allow_outside = not args.manifest
+    allow_outside = args.allow_outside or not args.manifest
     if loaded["mask_policy"] == "face":
         derived = with_box_masks(manifest, Path(args.output) / "masks", allow_outside)
         allow_outside |= derived != manifest  # its absolute rows were checked when the source manifest was read
