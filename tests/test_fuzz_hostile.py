@@ -314,3 +314,13 @@ def test_broken_labels_file_and_synthetic_sizes_are_one_line(arena, model_path, 
     assert _run_confined(arena, tmp_path, ["predict", media, "--model", model_path,
                                            "--labels-file", tmp_path / "labels.txt"], capsys) == 2
     assert _run_confined(arena, tmp_path, ["data", "synthetic", tmp_path / "s", "--image-size", "0"], capsys) == 2
+
+
+def test_eval_run_reads_a_manifest_outside_only_when_allowed(arena, model_path, capsys, tmp_path):
+    media = arena / "work" / "in" / "media"
+    rows = [{"path": str(media / "ok.png"), "caption": "a face"}, {"path": str(media / "deep.png"), "caption": "deep"}]
+    (tmp_path / "m.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+    argv = ["eval", "run", "--model", model_path, "--manifest", tmp_path / "m.jsonl", "--task", "retrieval",
+            "--output", tmp_path / "out"]
+    assert _run_confined(arena, tmp_path, argv, capsys) == 2
+    assert _run_confined(arena, tmp_path, [*argv, "--allow-outside"], capsys) == 0
