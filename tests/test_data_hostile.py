@@ -378,3 +378,14 @@ def test_parquet_columns_json_cannot_store_are_row_problems(tmp_path, capsys):
 
     batch = collate(list(ShardDataset([shard], classes=["x"])))
     assert batch["index"].tolist() == [0, 1]  # absurd stored indices fall back to the stream position
+
+
+def test_a_video_declaring_oversize_frames_is_refused_before_decoding(tmp_path, monkeypatch):
+    import affectclip.core.images as images
+    from affectclip.data.video import iter_frames
+
+    video = write_video(tmp_path / "v.mp4", size=(32, 24))
+    assert probe(video).width == 32
+    monkeypatch.setattr(images, "MAX_PIXELS", 32 * 24 - 1)
+    with pytest.raises(VideoError, match="declare 32x24 pixels"):
+        next(iter_frames(video))

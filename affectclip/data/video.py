@@ -105,8 +105,11 @@ def _open_image(path: Path) -> np.ndarray:
 def probe(path: str | Path, backend: str = "auto") -> VideoInfo:
     """Frame count, frame rate, duration and size, from container metadata (no full decode).
 
-    When the container does not store a frame count, packets are counted (demux only, still cheap).
+    When the container does not store a frame count, packets are counted (demux only, still cheap). A video whose
+    header declares frames larger than `core.images.MAX_PIXELS` is refused here, before any frame is decoded.
     """
+    from affectclip.core import images
+
     path = Path(path)
     _check_exists(path)
     if path.is_dir():
@@ -116,9 +119,11 @@ def probe(path: str | Path, backend: str = "auto") -> VideoInfo:
         h, w = _open_image(files[0]).shape[:2]
         fps = _folder_fps(path)
         return VideoInfo(len(files), fps, len(files) / fps if fps else 0.0, w, h)
-    if _use_pyav(path, backend):
-        return _probe_pyav(path)
-    return _probe_opencv(path)
+    info = _probe_pyav(path) if _use_pyav(path, backend) else _probe_opencv(path)
+    if info.width * info.height > images.MAX_PIXELS:
+        raise VideoError(f"{path}: refused, its frames declare {info.width}x{info.height} pixels (limit "
+                         f"{images.MAX_PIXELS:,}); re-encode it smaller")
+    return info
 
 
 def _use_pyav(path: Path, backend: str) -> bool:
