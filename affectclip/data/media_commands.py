@@ -162,7 +162,9 @@ def run_faces(args: argparse.Namespace) -> int:
                     for face, face_id in zip(faces, tracker.update([f.box for f in faces]), strict=True):
                         file = folder / f"{frame_idx:06d}_{face_id}.jpg"
                         file.parent.mkdir(parents=True, exist_ok=True)
-                        Image.fromarray(align_crop(rgb, face, args.size, args.margin)).save(file, quality=95)
+                        with atomic_path(file) as partial:  # a full disk never leaves a truncated crop
+                            Image.fromarray(align_crop(rgb, face, args.size, args.margin)).save(
+                                partial, format="JPEG", quality=95)
                         crop = file.relative_to(out)
                         x0, y0, x1, y1 = (f"{v:.1f}" for v in face.box)
                         writer.writerow({**base, "face_id": face_id, "x0": x0, "y0": y0, "x1": x1, "y1": y1,

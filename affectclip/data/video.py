@@ -430,7 +430,7 @@ def extract_frames(path: str | Path, out_dir: str | Path, fps: float | None = No
     Files are numbered from 0 in output order and frames.json maps each to its source index and timestamp, so the
     off-by-one of EmotionCLIP's `ffmpeg %08d` numbering (methods.md §2.9 item 11) cannot happen here.
     """
-    from affectclip.core.io import atomic_write_json
+    from affectclip.core.io import atomic_path, atomic_write_json
     from affectclip.core.outputs import display_path
 
     path, out_dir = Path(path), Path(out_dir)
@@ -439,7 +439,8 @@ def extract_frames(path: str | Path, out_dir: str | Path, fps: float | None = No
     rows = []
     for n, (idx, ts, frame) in enumerate(iter_frames(path, fps=fps)):
         name = f"{n:06d}.jpg"
-        Image.fromarray(frame).save(out_dir / name, quality=quality)
+        with atomic_path(out_dir / name) as tmp:  # a full disk never leaves a truncated frame
+            Image.fromarray(frame).save(tmp, format="JPEG", quality=quality)
         rows.append({"file": name, "index": idx, "timestamp": round(ts, 6)})
     out_fps = min(fps, info.fps) if fps and info.fps else (fps or info.fps)
     meta = {"source": display_path(path), "source_fps": info.fps, "fps": out_fps, "frames": rows}
