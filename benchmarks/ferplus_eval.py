@@ -42,14 +42,15 @@ ADJ_TEMPLATES = ("a photo of a {c} looking face.", "a photo of a face showing th
 
 def ferplus_split(manifest_path: str | Path, split: str, limit: int | None = None, seed: int = 0) -> Manifest:
     """One split of a FER+ manifest (from `affectclip data ferplus`), optionally a seeded random subset."""
-    manifest = read_manifest(manifest_path, check_files=False).split(split)
+    # The FER+ manifest names images in the FER+ folder the user gave `data ferplus`, usually outside its own.
+    manifest = read_manifest(manifest_path, check_files=False, allow_outside=True).split(split)
     if len(manifest) == 0:
         raise SystemExit(f"{manifest_path} has no '{split}' rows; build it with "
                          "`affectclip data ferplus FERPLUS_DIR OUT.jsonl --splits train,valid`")
     records = manifest.records
     if limit is not None and limit < len(records):
         records = random.Random(seed).sample(records, limit)
-    return Manifest(records, manifest.root, manifest.source)
+    return Manifest(records, manifest.root, manifest.source, allow_outside=manifest.allow_outside)
 
 
 def dataset(manifest: Manifest, transform: Any) -> ManifestDataset:

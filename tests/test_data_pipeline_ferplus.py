@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shutil
 
 import torch
 
@@ -16,14 +17,24 @@ CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "f
 FERPLUS_CLASSES = "[" + ", ".join(CLASSES) + "]"
 
 
+def _copy_images_beside(rows: list[dict], manifest, folder) -> None:
+    """Copy the rows' images into `folder`/images and point the rows there: a manifest reads only files inside its
+    own folder unless the user allows more, and the FER+ images live elsewhere."""
+    (folder / "images").mkdir(exist_ok=True)
+    for r in rows:
+        src = manifest.resolve(r["path"])
+        name = f"{r['split']}-{src.name}"
+        shutil.copyfile(src, folder / "images" / name)
+        r["path"] = f"images/{name}"
+
+
 def test_ferplus_pipeline_end_to_end(ferplus_dir, tmp_path):
     full = tmp_path / "ferplus.jsonl"
     assert main(["data", "ferplus", str(ferplus_dir), str(full)]) == 0
-    manifest = read_manifest(full)
+    manifest = read_manifest(full, allow_outside=True)
     rows = manifest.records
     subset = [r for r in rows if r["split"] == "train"][:256] + [r for r in rows if r["split"] == "valid"][:64]
-    for r in subset:  # keep paths valid from the new manifest's folder
-        r["path"] = str(manifest.resolve(r["path"]))
+    _copy_images_beside(subset, manifest, tmp_path)
     small = write_manifest(subset, tmp_path / "small.jsonl")
     assert main(["data", "check", str(small)]) == 0
 
@@ -58,12 +69,11 @@ def test_an_unreadable_face_is_skipped_counted_once_and_named(ferplus_dir, tmp_p
     counts how often it was drawn."""
     full = tmp_path / "ferplus.jsonl"
     assert main(["data", "ferplus", str(ferplus_dir), str(full)]) == 0
-    manifest = read_manifest(full)
+    manifest = read_manifest(full, allow_outside=True)
     rows = [r for r in manifest.records if r["split"] == "train"][:64]
-    for r in rows:
-        r["path"] = str(manifest.resolve(r["path"]))
+    _copy_images_beside(rows, manifest, tmp_path)
     (tmp_path / "broken.png").write_bytes(b"garbage")
-    rows[5]["path"] = str(tmp_path / "broken.png")
+    rows[5]["path"] = "broken.png"
     small = write_manifest(rows, tmp_path / "small.jsonl")
     run = tmp_path / "run"
     rc = main(["train", "demo", f"data.train={small}", "data.val=null", f"data.classes={FERPLUS_CLASSES}",

@@ -152,7 +152,8 @@ def test_manifest_rows_with_start_end_sample_only_their_segment(video48, tmp_pat
 
     rows = [{"path": str(video48), "caption": "first half", "start": 0.0, "end": 0.95},
             {"path": str(video48), "caption": "second half", "start": 1.0, "end": 1.95}]
-    ds = ManifestDataset(write_manifest(rows, tmp_path / "m.jsonl"), None, video_sampler=UniformSampler(4))
+    ds = ManifestDataset(write_manifest(rows, tmp_path / "m.jsonl"), None, video_sampler=UniformSampler(4),
+                         allow_outside=True)  # the video fixture lives in another folder
     for i, (lo, hi) in enumerate([(0, 22), (24, 46)]):  # ceil(start*24) .. floor(end*24)
         clip = ds[i]["video"]
         ids = decoded_ids((clip.permute(0, 2, 3, 1) * 255).round().byte().numpy())

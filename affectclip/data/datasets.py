@@ -3,7 +3,8 @@
 A sample that cannot be decoded (missing file, corrupt or truncated image/video, mask of the wrong size) comes back
 as `{"error", "index", "path"}` instead of a silently substituted neighbour: substitution hides data problems and
 changes evaluation sets. `collate` moves such samples to `batch["errors"]` for the trainer/evaluator to count.
-Label problems (a class name not in `classes`) are raised when the dataset is built, before any run starts.
+Label problems (a class name not in `classes`) and rows whose files lie outside the manifest's folder (unless the
+manifest was read with `allow_outside=True`) are raised when the dataset is built, before any run starts.
 """
 
 from __future__ import annotations
@@ -17,7 +18,8 @@ import torch
 
 from affectclip.data.manifest import Manifest, path_kind, read_manifest
 
-# What a broken file raises from PIL, PyAV/OpenCV or the transforms; anything else is a bug and propagates.
+# What a broken file raises from the image decoder (`ImageDecodeError`, a ValueError), PyAV/OpenCV or the
+# transforms; anything else is a bug and propagates.
 DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, RuntimeError)
 
 
@@ -35,18 +37,19 @@ def label_index(label: Any, classes: Sequence[str] | None, row: int) -> int:
     return classes.index(label)
 
 
-def load_image_sample(source: Any, mask_source: Any = None, transform=None) -> dict[str, torch.Tensor]:
-    """Decode an image (path or binary file object) and optional subject mask into {"image"[, "mask"]} tensors."""
-    from PIL import Image
+def load_image_sample(source: Any, mask_source: Any = None, transform=None, what: str | None = None,
+                      ) -> dict[str, torch.Tensor]:
+    """Decode an image (path or binary file object) and optional subject mask into {"image"[, "mask"]} tensors.
 
+    Decoding goes through `core.images` (size checked from the header first, 16-bit and float images scaled by
+    their range); any failure is an `ImageDecodeError` naming `what` (default: the path)."""
+    from affectclip.core.images import decode_grey, decode_rgb
     from affectclip.data.transforms import image_to_tensor, mask_to_tensor
 
-    with Image.open(source) as im:
-        image = np.asarray(im.convert("RGB"))
+    image = decode_rgb(source, what)
     mask = None
     if mask_source is not None:
-        with Image.open(mask_source) as im:
-            mask = np.asarray(im.convert("L"))
+        mask = decode_grey(mask_source, f"{what} (mask)" if what else None)
     if transform is None:
         out = {"image": image_to_tensor(image)}
         if mask is not None:
@@ -90,13 +93,18 @@ class ManifestDataset(torch.utils.data.Dataset):
       call `set_epoch` to vary it across epochs.
     read_masks: decode the rows' subject masks; False for a model without a subject token saves a second image
       decode and transform per sample.
+    allow_outside: when `manifest` is a path, read it allowing files outside its folder (a `Manifest` object
+      carries its own setting from `read_manifest(..., allow_outside=)`).
     """
 
     def __init__(self, manifest: Manifest | str | Path, transform=None, classes: Sequence[str] | None = None,
-                 kind: str = "auto", video_sampler=None, seed: int = 0, read_masks: bool = True):
+                 kind: str = "auto", video_sampler=None, seed: int = 0, read_masks: bool = True,
+                 allow_outside: bool = False):
         if kind not in ("auto", "image", "video"):
             raise ValueError(f"kind must be 'auto', 'image' or 'video', got {kind!r}")
-        self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(manifest, check_files=False)
+        self.manifest = manifest if isinstance(manifest, Manifest) else read_manifest(
+            manifest, check_files=False, allow_outside=allow_outside)
+        self._check_confined()
         if classes is None:
             names = {r["label"] for r in self.manifest.records if isinstance(r.get("label"), str)}
             classes = sorted(names) if names else None
@@ -113,6 +121,25 @@ class ManifestDataset(torch.utils.data.Dataset):
                                  f"{n_classes} classes {self.classes}")
         self.transform, self.kind, self.seed, self.epoch = transform, kind, seed, 0
         self.video_sampler, self.read_masks = video_sampler, read_masks
+
+    def _check_confined(self) -> None:
+        """Refuse, before any run starts, a manifest whose rows lead outside its folder (a ManifestError naming the
+        first such row and field, and how many there are) unless it was read with `allow_outside=True`."""
+        if self.manifest.allow_outside:
+            return
+        from affectclip.data.manifest import ManifestError
+
+        bad: list[ManifestError] = []
+        for i, rec in enumerate(self.manifest.records):
+            for field in ("path", "mask"):
+                if field in rec:
+                    try:
+                        self.manifest.resolve(rec[field], rec.get("_row", i + 1), field)
+                    except ManifestError as exc:
+                        bad.append(exc)
+        if bad:
+            more = f" ({len(bad)} such paths in all)" if len(bad) > 1 else ""
+            raise ManifestError(bad[0].message + more, bad[0].row, bad[0].field, bad[0].source)
 
     def __len__(self) -> int:
         return len(self.manifest)
@@ -160,12 +187,14 @@ class ManifestDataset(torch.utils.data.Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         rec = self.manifest.records[index]
-        path = self.manifest.resolve(rec["path"])
+        row = rec.get("_row", index + 1)
+        path = rec["path"]
         try:
+            path = self.manifest.resolve(rec["path"], row)  # re-checked here: a symlink may change after building
             if not path.exists():
                 raise FileNotFoundError(f"file not found: {path}")
             if self._kind(path) == "image":
-                mask = self.manifest.resolve(rec["mask"]) if self.read_masks and "mask" in rec else None
+                mask = self.manifest.resolve(rec["mask"], row, "mask") if self.read_masks and "mask" in rec else None
                 sample = load_image_sample(path, mask, self.transform)
             else:
                 sample = self._video(path, rec, index)

@@ -55,6 +55,8 @@ def _check_image(image: np.ndarray) -> np.ndarray:
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[2] != 3 or image.dtype != np.uint8:
         raise ValueError(f"face detection needs an RGB uint8 image [H, W, 3], got {image.dtype} {image.shape}")
+    if min(image.shape[:2]) == 0:
+        raise ValueError(f"face detection needs an image with pixels, got an empty one {image.shape}")
     return image
 
 

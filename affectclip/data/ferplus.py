@@ -75,9 +75,16 @@ def read_ferplus_votes(ferplus_dir: str | Path) -> list[dict[str, Any]]:
     path = Path(ferplus_dir) / "labels.csv"
     if not path.is_file():
         raise FileNotFoundError(f"{path} not found; FERPLUS_DIR must contain labels.csv and images/")
+    try:
+        return _read_votes(path)
+    except csv.Error as exc:
+        raise ValueError(f"{path}: malformed CSV ({exc}; an unterminated quote?)") from None
+
+
+def _read_votes(path: Path) -> list[dict[str, Any]]:
     out = []
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, strict=True)
         missing = [c for c in ("path", "split", *VOTE_COLUMNS) if c not in (reader.fieldnames or [])]
         if missing:
             raise ValueError(f"{path}: missing column(s) {missing}")
@@ -86,8 +93,11 @@ def read_ferplus_votes(ferplus_dir: str | Path) -> list[dict[str, Any]]:
                 votes = [int(row[c]) for c in VOTE_COLUMNS]
             except (TypeError, ValueError):
                 raise ValueError(f"{path}, line {line}: vote columns must be integers") from None
-            if min(votes) < 0:
-                raise ValueError(f"{path}, line {line}: negative vote count")
+            if min(votes) < 0 or max(votes) > 10**9:
+                raise ValueError(f"{path}, line {line}: vote counts must be in 0-1e9")
+            if not row["path"] or Path(row["path"]).is_absolute() or ".." in Path(row["path"]).parts:
+                raise ValueError(f"{path}, line {line}: image path {row['path']!r} must be relative, inside "
+                                 f"{path.parent}")
             out.append({"path": row["path"], "split": row["split"], "votes": votes})
     return out
 

@@ -12,6 +12,11 @@ Fields (`path` is required; a row also needs `caption` or `label` to be useful):
   boxes      [[x0, y0, x1, y1], ...] subject boxes (one box alone is accepted)
   mask       path of a subject mask image              meta    free-form object
 The methods.md §4.6.1 layout (`image` + top-level `global`/`local`/`summary`) is accepted and converted.
+Files stay inside the manifest's folder: a `path`/`mask` that is absolute, climbs out with `..` or is a symlink
+leading out is a problem of its row unless the user opts in (`allow_outside`: `--allow-outside` on the data
+commands, `data.allow_outside` in a training config), so a manifest from elsewhere cannot make a job read (or
+`data shard` pack) `/etc/shadow`. CSV files may start with a UTF-8 byte-order mark; quoting is strict (an
+unterminated quote is an error, not a caption that swallows the following rows).
 In CSV (and Parquet string columns) list/object fields are JSON-encoded cells; a blank cell means "absent", and
 an all-digit `label`/`fold` cell is read as an int. Row numbers are 1-based: the JSONL line number, or the
 record's position for CSV/Parquet (CSV line = row + 1 for the header).
@@ -27,11 +32,17 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from affectclip.core.errors import UserError
+from affectclip.core.images import ImageDecodeError, image_size
+from affectclip.core.paths import confined
+
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp", ".tif", ".tiff", ".gif")
 VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
 FORMATS = (".jsonl", ".csv", ".parquet")
 JSON_FIELDS = ("caption", "labels", "soft_label", "votes", "targets", "boxes", "sentiment", "meta")
 _INT_RE = re.compile(r"^-?\d+$")
+OUTSIDE_HINT = ("pass --allow-outside (config: data.allow_outside=true) to read files outside the manifest's folder "
+                "on purpose")
 
 
 class ManifestError(ValueError):
@@ -67,6 +78,7 @@ class Manifest:
     root: Path
     source: Path | None = None
     problems: list[Problem] = field(default_factory=list)
+    allow_outside: bool = False
 
     def __len__(self) -> int:
         return len(self.records)
@@ -74,15 +86,15 @@ class Manifest:
     def __getitem__(self, index: int) -> dict[str, Any]:
         return self.records[index]
 
-    def resolve(self, rel: str) -> Path:
-        """A record's `path`/`mask` as a filesystem path (absolute paths are kept)."""
-        p = Path(rel).expanduser()
-        return p if p.is_absolute() else self.root / p
+    def resolve(self, rel: str, row: int | None = None, field: str = "path") -> Path:
+        """A record's `path`/`mask` as a filesystem path; a `ManifestError` naming (row, field) when it leads
+        outside the manifest's folder and the manifest was not read with `allow_outside=True`."""
+        return resolve_path(self.root, rel, row, field, self.allow_outside, str(self.source or ""))
 
     def split(self, name: str) -> Manifest:
         """The records of one split (same root), e.g. manifest.split("train")."""
         return Manifest([r for r in self.records if r.get("split") == name], self.root, self.source,
-                        [p for p in self.problems if p.row is None])
+                        [p for p in self.problems if p.row is None], self.allow_outside)
 
     def report(self) -> str:
         """A human-readable summary: counts per split, then every problem."""
@@ -94,6 +106,17 @@ class Manifest:
         lines += [f"  {p}" for p in self.problems]
         lines.append(f"{len(self.problems)} problem(s)" if self.problems else "OK: no problems found")
         return "\n".join(lines)
+
+
+def resolve_path(root: Path, rel: str, row: int | None = None, field: str = "path", allow_outside: bool = False,
+                 source: str = "") -> Path:
+    """`root / rel` (absolute `rel` kept, `~` expanded), confined to `root` unless `allow_outside` (symlinks are
+    followed: a link inside the folder that leads out is outside)."""
+    try:
+        return confined(root, Path(rel).expanduser(), field, allow_outside)
+    except UserError:
+        raise ManifestError(f"{rel!r} is outside the manifest's folder {root}; {OUTSIDE_HINT}", row, field,
+                            source) from None
 
 
 def path_kind(path: Path) -> str:
@@ -116,7 +139,7 @@ def _format_of(path: Path) -> str:
 
 def _read_jsonl(path: Path) -> list[tuple[int, Any]]:
     rows = []
-    with open(path, encoding="utf-8") as f:
+    with open(path, encoding="utf-8-sig") as f:
         for line_no, line in enumerate(f, 1):
             if not line.strip():
                 continue
@@ -163,16 +186,23 @@ def _decode_table_row(raw: dict[str, Any], row: int) -> dict[str, Any] | Manifes
 
 
 def _read_csv(path: Path) -> list[tuple[int, Any]]:
-    with open(path, encoding="utf-8", newline="") as f:
-        reader = csv.DictReader(f)
-        if reader.fieldnames is None:
-            return []
+    # utf-8-sig: spreadsheet exports start with a byte-order mark that would otherwise become part of the first
+    # column's name ("\ufeffpath"), making every row's path "missing". strict: an unterminated quote is an error
+    # instead of a cell that silently swallows the following rows.
+    with open(path, encoding="utf-8-sig", newline="") as f:
+        reader = csv.DictReader(f, strict=True)
         rows = []
-        for i, raw in enumerate(reader, 1):
-            if None in raw:  # more cells than header names
-                rows.append((i, ManifestError(f"{len(raw[None])} more cell(s) than header columns", i)))
-                continue
-            rows.append((i, _decode_table_row({k: v for k, v in raw.items() if v is not None}, i)))
+        try:
+            if reader.fieldnames is None:
+                return []
+            for i, raw in enumerate(reader, 1):
+                if None in raw:  # more cells than header names
+                    rows.append((i, ManifestError(f"{len(raw[None])} more cell(s) than header columns", i)))
+                    continue
+                rows.append((i, _decode_table_row({k: v for k, v in raw.items() if v is not None}, i)))
+        except csv.Error as exc:
+            raise ManifestError(f"malformed CSV at line {reader.line_num}: {exc} (an unterminated quote?)",
+                                source=str(path)) from None
     return rows
 
 
@@ -254,6 +284,8 @@ def _caption(value: Any, row: int) -> str | dict[str, Any]:
 def _label(value: Any, row: int, name: str = "label") -> str | int:
     if isinstance(value, bool) or not isinstance(value, (str, int)):
         raise ManifestError(f"expected a class name or index, got {value!r}", row, name)
+    if isinstance(value, int) and not -1 <= value < 2**31:  # JSON ints are unbounded; labels become int64 tensors
+        raise ManifestError(f"class index {value} is out of range (-1 = unknown, else 0 <= index < 2^31)", row, name)
     if isinstance(value, str) and not value.strip():
         raise ManifestError("empty class name", row, name)
     return value
@@ -272,6 +304,17 @@ def _boxes(value: Any, row: int) -> list[list[float]]:
             raise ManifestError(f"box {box} has x1 <= x0 or y1 <= y0", row, "boxes")
         out.append([float(x) for x in box])
     return out
+
+
+def _json_value(value: Any, row: int, name: str) -> Any:
+    """A free-form value as stored: it must survive a JSON round trip (shards and written manifests store rows as
+    JSON; a Parquet timestamp or bytes column would otherwise fail `data shard` after the check passed)."""
+    try:
+        json.dumps(value)
+    except (TypeError, ValueError) as exc:
+        raise ManifestError(f"value cannot be stored as JSON ({exc}); convert the column to text or numbers",
+                            row, name) from None
+    return value
 
 
 def normalize_row(raw: Any, row: int) -> dict[str, Any]:
@@ -328,9 +371,9 @@ def normalize_row(raw: Any, row: int) -> dict[str, Any]:
         elif name == "meta":
             if not isinstance(value, dict):
                 raise ManifestError(f"expected an object, got {type(value).__name__}", row, name)
-            out[name] = value
+            out[name] = _json_value(value, row, name)
         else:
-            out[name] = value  # unknown fields pass through for user code
+            out[name] = _json_value(value, row, name)  # unknown fields pass through for user code
     if "start" in out and "end" in out and out["end"] <= out["start"]:
         raise ManifestError(f"end ({out['end']}) must be after start ({out['start']})", row, "end")
     if "caption" not in out and "label" not in out and "labels" not in out and "soft_label" not in out:
@@ -340,40 +383,43 @@ def normalize_row(raw: Any, row: int) -> dict[str, Any]:
 
 # ---------------------------------------------------------------------------------------------- validation
 
-def _image_size(path: Path) -> tuple[int, int] | None:
-    from PIL import Image
-
+def _image_size(path: Path) -> tuple[int, int] | str:
+    """(width, height) from the header, or why no reader accepts it (corrupt, not an image, a decompression bomb)."""
     try:
-        with Image.open(path) as im:
-            return im.size
-    except Exception:  # any reader failure means "not a readable image"; the caller reports it
-        return None
+        return image_size(path)
+    except ImageDecodeError as exc:
+        return str(exc)
 
 
-def find_file_problems(records: list[dict[str, Any]], root: Path) -> list[Problem]:
-    """Missing data/mask files, image files whose header no image reader accepts (corrupt or not an image), and masks
-    whose size differs from their image (image rows only; only headers are read, videos are not probed)."""
+def find_file_problems(records: list[dict[str, Any]], root: Path, allow_outside: bool = False) -> list[Problem]:
+    """Files outside `root` (unless allowed), missing data/mask files, image files whose header no image reader
+    accepts (corrupt, not an image, or too large to decode), and masks whose size differs from their image (image
+    rows only; only headers are read, videos are not probed)."""
     problems = []
     for rec in records:
         row = rec["_row"]
-        p = Path(rec["path"]).expanduser()
-        p = p if p.is_absolute() else root / p
+        try:
+            p = resolve_path(root, rec["path"], row, "path", allow_outside)
+            m = resolve_path(root, rec["mask"], row, "mask", allow_outside) if "mask" in rec else None
+        except ManifestError as exc:
+            problems.append(Problem(row, exc.field, exc.message, "file"))
+            continue
         if not p.exists():
             problems.append(Problem(row, "path", f"file not found: {p}", "file"))
             continue
         size = _image_size(p) if path_kind(p) == "image" else None
-        if path_kind(p) == "image" and size is None:
-            problems.append(Problem(row, "path", f"cannot read this image: {p}; replace the file or drop the row",
-                                    "file"))
+        if isinstance(size, str):
+            problems.append(Problem(row, "path", f"cannot read this image: {p} ({size.removeprefix(f'{p}: ')}); "
+                                    "replace the file or drop the row", "file"))
             continue
-        if "mask" in rec:
-            m = Path(rec["mask"]).expanduser()
-            m = m if m.is_absolute() else root / m
+        if m is not None:
             if not m.is_file():
                 problems.append(Problem(row, "mask", f"mask file not found: {m}", "file"))
             elif size is not None:
                 msize = _image_size(m)
-                if msize and size != msize:
+                if isinstance(msize, str):
+                    problems.append(Problem(row, "mask", msize, "file"))
+                elif size != msize:
                     problems.append(Problem(row, "mask", f"mask size {msize} differs from image size {size}", "file"))
     return problems
 
@@ -400,9 +446,12 @@ def parse_rows(rows: list[tuple[int, Any]]) -> tuple[list[dict[str, Any]], list[
     return records, problems
 
 
-def read_manifest(path: str | Path, check_files: bool = True, strict: bool = True) -> Manifest:
+def read_manifest(path: str | Path, check_files: bool = True, strict: bool = True,
+                  allow_outside: bool = False) -> Manifest:
     """Read and validate a manifest.
 
+    allow_outside: the user's explicit opt-in to rows whose files lie outside the manifest's folder (absolute
+    paths, `..`, symlinks leading out); otherwise such rows are problems (check_files) and refused when read.
     strict=True raises a ManifestError naming the first bad (row, field) when any row breaks the schema (missing
     data files are kept as problems: the dataset reports them per sample instead of aborting a run).
     strict=False keeps going and lists every problem in `Manifest.problems` (what `affectclip data check` prints).
@@ -417,46 +466,50 @@ def read_manifest(path: str | Path, check_files: bool = True, strict: bool = Tru
         raise ManifestError(first.message + more, first.row, first.field, str(path))
     root = path.resolve().parent
     if check_files:
-        problems += find_file_problems(records, root)
-    return Manifest(records, root, path, problems)
+        problems += find_file_problems(records, root, allow_outside)
+    return Manifest(records, root, path, problems, allow_outside)
 
 
-def validate(path: str | Path, check_files: bool = True) -> list[Problem]:
+def validate(path: str | Path, check_files: bool = True, allow_outside: bool = False) -> list[Problem]:
     """Every problem of a manifest file (schema and, optionally, files)."""
-    return read_manifest(path, check_files=check_files, strict=False).problems
+    return read_manifest(path, check_files=check_files, strict=False, allow_outside=allow_outside).problems
 
 
 # ---------------------------------------------------------------------------------------------- writing
 
 def write_manifest(records: list[dict[str, Any]], path: str | Path) -> Path:
-    """Write records as .jsonl, .csv or .parquet (list/object fields JSON-encoded in CSV/Parquet cells).
-    Internal keys starting with "_" are not written."""
+    """Write records as .jsonl, .csv or .parquet (list/object fields JSON-encoded in CSV/Parquet cells), atomically
+    (a full disk never leaves a truncated manifest under the final name). Internal keys starting with "_" are not
+    written."""
+    from affectclip.core.io import atomic_path
+
     path = Path(path)
     fmt = _format_of(path)
     clean = [{k: v for k, v in r.items() if not k.startswith("_")} for r in records]
     path.parent.mkdir(parents=True, exist_ok=True)
-    if fmt == ".jsonl":
-        with open(path, "w", encoding="utf-8") as f:
-            for r in clean:
-                f.write(json.dumps(r, ensure_ascii=False) + "\n")
-        return path
-    columns = list(dict.fromkeys(k for r in clean for k in r))
-    encoded = [{k: json.dumps(r[k], ensure_ascii=False) if isinstance(r.get(k), (list, dict)) else r.get(k)
-                for k in columns} for r in clean]
-    if fmt == ".csv":
-        with open(path, "w", encoding="utf-8", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=columns)
-            writer.writeheader()
-            writer.writerows(encoded)
-    else:
-        import pyarrow as pa
-        import pyarrow.parquet as pq
+    with atomic_path(path) as tmp:
+        if fmt == ".jsonl":
+            with open(tmp, "w", encoding="utf-8") as f:
+                for r in clean:
+                    f.write(json.dumps(r, ensure_ascii=False) + "\n")
+            return path
+        columns = list(dict.fromkeys(k for r in clean for k in r))
+        encoded = [{k: json.dumps(r[k], ensure_ascii=False) if isinstance(r.get(k), (list, dict)) else r.get(k)
+                    for k in columns} for r in clean]
+        if fmt == ".csv":
+            with open(tmp, "w", encoding="utf-8", newline="") as f:
+                writer = csv.DictWriter(f, fieldnames=columns)
+                writer.writeheader()
+                writer.writerows(encoded)
+        else:
+            import pyarrow as pa
+            import pyarrow.parquet as pq
 
-        # Columns of mixed types (e.g. int and str labels) are stored as strings.
-        for k in columns:
-            kinds = {type(r[k]) for r in encoded if r[k] is not None}
-            if len(kinds) > 1 and kinds != {int, float}:
-                for r in encoded:
-                    r[k] = None if r[k] is None else str(r[k])
-        pq.write_table(pa.Table.from_pylist(encoded), path)
+            # Columns of mixed types (e.g. int and str labels) are stored as strings.
+            for k in columns:
+                kinds = {type(r[k]) for r in encoded if r[k] is not None}
+                if len(kinds) > 1 and kinds != {int, float}:
+                    for r in encoded:
+                        r[k] = None if r[k] is None else str(r[k])
+            pq.write_table(pa.Table.from_pylist(encoded), tmp)
     return path

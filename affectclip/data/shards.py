@@ -5,6 +5,12 @@ Layout per sample (consecutive members sharing a key): `KEY.png|jpg|...` (the or
 optional `KEY.mask.png`, and `KEY.json` (the manifest record without its path, plus `source_path`). An
 `index.json` next to the shards lists them with their sample counts and the target names, so readers agree on the
 order of `targets` values without scanning the data.
+
+Shards may come from elsewhere, so reading them trusts nothing: a member with an absolute or `..` name, one larger
+than `MAX_MEMBER_BYTES` (refused from its header, before a byte is read: a 6 GB member of a gzip tar never reaches
+memory), invalid JSON, a record that breaks the manifest schema or an unknown label all become one counted error
+sample naming the shard and key; a malformed index.json is a one-line error naming it. Shards and index.json are
+written atomically.
 """
 
 from __future__ import annotations
@@ -12,8 +18,11 @@ from __future__ import annotations
 import io
 import itertools
 import json
+import lzma
+import os
 import re
 import tarfile
+import zlib
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -21,11 +30,18 @@ from typing import Any
 import numpy as np
 import torch
 
+from affectclip.core.errors import UserError
+from affectclip.core.outputs import display_path
 from affectclip.data.datasets import DECODE_ERRORS, label_index, load_image_sample, record_fields
-from affectclip.data.manifest import Manifest, path_kind
+from affectclip.data.manifest import Manifest, ManifestError, normalize_row, path_kind
 
 INDEX_FILE = "index.json"
 _KEY_RE = re.compile(r"[^A-Za-z0-9_-]+")
+# Largest tar member read into memory (an image, mask or JSON record): far above any face image, and what a
+# reader holds per sample at most. Checked from the member's header before reading.
+MAX_MEMBER_BYTES = 64 * 2**20
+# What a damaged tar (or its gzip/xz/bz2 wrapper) raises while streaming.
+_TAR_ERRORS = (tarfile.TarError, OSError, EOFError, zlib.error, lzma.LZMAError, ValueError)
 
 
 def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
@@ -38,25 +54,37 @@ def _add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
 def write_shards(manifest: Manifest, out_dir: str | Path, max_size: int = 256 * 2**20, max_count: int = 1000,
                  ) -> list[Path]:
     """Pack the image rows of a manifest into out_dir/shard-NNNNNN.tar; a shard closes before it would pass
-    `max_size` bytes or `max_count` samples. Video rows and missing files are errors naming the row."""
+    `max_size` bytes or `max_count` samples. Video rows, missing files, files over `MAX_MEMBER_BYTES` and files
+    outside the manifest's folder (unless the manifest was read with `allow_outside=True`, exactly as `data check`
+    judges them) are errors naming the row. Each shard is written under a temporary name and renamed when full."""
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     shards: list[Path] = []
     counts: list[int] = []
     tar, size = None, 0
     seen: set[str] = set()
+
+    def member_bytes(file: Path, row: int, field: str) -> bytes:
+        if not file.is_file():
+            raise ValueError(f"manifest row {row}: {field} file not found: {file}")
+        if file.stat().st_size > MAX_MEMBER_BYTES:
+            raise ValueError(f"manifest row {row}: {file} is larger than {MAX_MEMBER_BYTES // 2**20} MiB, the most "
+                             "a shard member may hold; shrink or drop it")
+        return file.read_bytes()
+
+    def close() -> None:
+        tar.close()
+        os.replace(_partial(shards[-1]), shards[-1])
+
     try:
         for i, rec in enumerate(manifest.records):
             row = rec.get("_row", i + 1)
-            src = manifest.resolve(rec["path"])
-            if not src.is_file() or path_kind(src) != "image":
+            src = manifest.resolve(rec["path"], row)
+            if src.is_file() and path_kind(src) != "image":
                 raise ValueError(f"manifest row {row}: {src} is not an image file; shards hold image rows only")
-            members = {f".{src.suffix.lower().lstrip('.')}": src.read_bytes()}
+            members = {f".{src.suffix.lower().lstrip('.')}": member_bytes(src, row, "path")}
             if "mask" in rec:
-                mask = manifest.resolve(rec["mask"])
-                if not mask.is_file():
-                    raise ValueError(f"manifest row {row}: mask file not found: {mask}")
-                members[".mask.png"] = mask.read_bytes()
+                members[".mask.png"] = member_bytes(manifest.resolve(rec["mask"], row, "mask"), row, "mask")
             meta = {k: v for k, v in rec.items() if k not in ("path", "mask") and not k.startswith("_")}
             meta["source_path"], meta["index"] = rec["path"], i
             members[".json"] = json.dumps(meta, ensure_ascii=False).encode()
@@ -67,46 +95,76 @@ def write_shards(manifest: Manifest, out_dir: str | Path, max_size: int = 256 * 
             need = sum(len(d) + 1024 for d in members.values())
             if tar is None or counts[-1] >= max_count or (counts[-1] and size + need > max_size):
                 if tar is not None:
-                    tar.close()
+                    close()
+                    tar = None
                 shards.append(out / f"shard-{len(shards):06d}.tar")
-                tar, size = tarfile.open(shards[-1], "w"), 0
+                tar, size = tarfile.open(_partial(shards[-1]), "w"), 0
                 counts.append(0)
             for suffix, data in members.items():
                 _add(tar, key + suffix, data)
             size += need
             counts[-1] += 1
-    finally:
         if tar is not None:
+            close()
+            tar = None
+    finally:
+        if tar is not None:  # an error: drop the incomplete shard
             tar.close()
+            _partial(shards[-1]).unlink(missing_ok=True)
     target_names = list(dict.fromkeys(k for r in manifest.records for k in r.get("targets", {})))
     index = {"shards": [{"name": p.name, "count": c} for p, c in zip(shards, counts, strict=True)],
              "count": sum(counts), "target_names": target_names,
              "classes": sorted({r["label"] for r in manifest.records if isinstance(r.get("label"), str)})}
-    (out / INDEX_FILE).write_text(json.dumps(index, indent=1))
+    from affectclip.core.io import atomic_write_json
+
+    atomic_write_json(out / INDEX_FILE, index, indent=1)
     return shards
 
 
-def _iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
+def _partial(shard: Path) -> Path:
+    return shard.with_name(f".{shard.name}.partial")
+
+
+def _member_problem(member: tarfile.TarInfo, max_bytes: int) -> str | None:
+    """Why a member must not be read (a hostile name or an oversize body, judged from its header), or None."""
+    name = member.name.replace("\\", "/")
+    if name.startswith("/") or ".." in name.split("/"):
+        return f"member {display_path(member.name)!r} has an absolute or '..' name; refused"
+    if member.size > max_bytes:
+        return (f"member {display_path(member.name)!r} declares {member.size:,} bytes, over the {max_bytes:,}-byte "
+                "limit of a shard member; refused")
+    return None
+
+
+def _iter_tar(path: Path, max_member_bytes: int = MAX_MEMBER_BYTES) -> Iterator[tuple[str, dict[str, bytes]]]:
     """(key, {suffix: bytes}) groups of consecutive members sharing a key.
 
-    A corrupt or truncated tar ends with one `{".error": message}` group (the samples read before the damage are
-    kept; the incomplete one is dropped), so a long run counts the bad shard instead of dying on it."""
+    A refused member (see `_member_problem`) turns its sample into one `{".error": message}` group; a corrupt or
+    truncated tar ends with one such group (the samples read before the damage are kept; the incomplete one is
+    dropped), so a long run counts the bad sample or shard instead of dying on it."""
     key, group = None, {}
     try:
         with tarfile.open(path, "r") as tar:
             for member in tar:
                 if not member.isfile():
                     continue
-                name = member.name.rsplit("/", 1)[-1]
-                k, _, suffix = name.partition(".")
+                k, _, suffix = member.name.replace("\\", "/").rsplit("/", 1)[-1].partition(".")
                 if k != key and group:
                     yield key, group
                     group = {}
                 key = k
+                if ".error" in group:
+                    continue  # the rest of a refused sample is not read either
+                problem = _member_problem(member, max_member_bytes)
+                if problem is not None:
+                    group = {".error": problem.encode()}
+                    continue
                 f = tar.extractfile(member)
                 group["." + suffix] = f.read() if f is not None else b""
-    except (tarfile.TarError, OSError, EOFError) as exc:
-        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+    except _TAR_ERRORS as exc:
+        if ".error" in group:  # a refused sample is complete: count it before the damage
+            yield key, group
+        reason = display_path(str(exc).splitlines()[0]) if str(exc) else type(exc).__name__
         message = f"unreadable shard ({reason}); the rest of this shard is skipped: re-write it with `affectclip data shard`"
         yield key or "", {".error": message.encode()}
         return
@@ -116,8 +174,45 @@ def _iter_tar(path: Path) -> Iterator[tuple[str, dict[str, bytes]]]:
 
 def count_samples(path: Path) -> int:
     """Number of sample keys in one tar (headers only), for shard lists that come without an index.json."""
-    with tarfile.open(path, "r") as tar:
-        return len({m.name.rsplit("/", 1)[-1].partition(".")[0] for m in tar if m.isfile()})
+    try:
+        with tarfile.open(path, "r") as tar:
+            return len({m.name.rsplit("/", 1)[-1].partition(".")[0] for m in tar if m.isfile()})
+    except _TAR_ERRORS as exc:
+        raise UserError(f"{path}: not a readable tar shard ({type(exc).__name__}: {exc}); re-write it with "
+                        "`affectclip data shard` or leave it out") from None
+
+
+def read_index(folder: Path) -> tuple[list[Path], list[int], list[str], list[str] | None]:
+    """(shard paths, sample counts, target names, classes) from a shard folder's index.json; a `UserError` naming
+    the file and the field for anything malformed, and for shard names that lead outside the folder."""
+    from affectclip.core.paths import confined
+
+    index_path = folder / INDEX_FILE
+    if not index_path.is_file():
+        raise FileNotFoundError(f"{index_path} not found; write shards with `affectclip data shard`")
+
+    def bad(what: str) -> UserError:
+        return UserError(f"{index_path}: {what}; re-write the shards with `affectclip data shard`")
+
+    try:
+        index = json.loads(index_path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise bad(f"not valid JSON ({type(exc).__name__}: {exc})") from None
+    if not isinstance(index, dict) or not isinstance(index.get("shards"), list):
+        raise bad("expected an object with a 'shards' list")
+    shards, counts = [], []
+    for n, entry in enumerate(index["shards"]):
+        name, count = (entry.get("name"), entry.get("count")) if isinstance(entry, dict) else (None, None)
+        if not isinstance(name, str) or not name or isinstance(count, bool) or not isinstance(count, int) \
+                or not 0 <= count < 2**40:
+            raise bad(f"shards[{n}] must be {{\"name\": file name, \"count\": samples >= 0}}, got {entry!r}")
+        shards.append(confined(folder, name, f"{index_path} shards[{n}]"))
+        counts.append(count)
+    target_names, classes = index.get("target_names", []), index.get("classes") or None
+    for key, value in (("target_names", target_names), ("classes", classes or [])):
+        if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+            raise bad(f"'{key}' must be a list of strings")
+    return shards, counts, target_names, classes
 
 
 def batch_schedule(batches_per_worker: Sequence[int], skip: int) -> tuple[list[int], int]:
@@ -164,14 +259,9 @@ class ShardDataset(torch.utils.data.IterableDataset):
             raise ValueError(f"epoch_samples must be a positive number of samples, got {epoch_samples}")
         counts: list[int] | None = None
         if isinstance(urls, (str, Path)) and Path(urls).is_dir():
-            index_path = Path(urls) / INDEX_FILE
-            if not index_path.is_file():
-                raise FileNotFoundError(f"{index_path} not found; write shards with `affectclip data shard`")
-            index = json.loads(index_path.read_text())
-            self.shards = [Path(urls) / s["name"] for s in index["shards"]]
-            counts = [int(s["count"]) for s in index["shards"]]
-            target_names = target_names if target_names is not None else index.get("target_names", [])
-            classes = classes if classes is not None else index.get("classes") or None
+            self.shards, counts, index_targets, index_classes = read_index(Path(urls))
+            target_names = target_names if target_names is not None else index_targets
+            classes = classes if classes is not None else index_classes
         else:
             self.shards = [Path(u) for u in ([urls] if isinstance(urls, (str, Path)) else urls)]
         missing = [str(p) for p in self.shards if not p.is_file()]
@@ -185,6 +275,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         self.batch_size, self.num_workers, self.skip_batches = 1, 0, 0
         self.classes = list(classes) if classes is not None else None
         self.target_names = list(target_names or [])
+        self.max_member_bytes = MAX_MEMBER_BYTES
 
     @property
     def counts(self) -> list[int]:
@@ -233,22 +324,49 @@ class ShardDataset(torch.utils.data.IterableDataset):
         role = (first + worker) % workers
         return role, workers, done[role] * self.batch_size
 
+    def _record(self, group: dict[str, bytes], position: int) -> dict[str, Any]:
+        """A sample's JSON member checked against the manifest schema (the writer stored a manifest record): invalid
+        JSON, wrong types, non-finite numbers and soft labels of the wrong length raise ValueError."""
+        if ".json" not in group:
+            return {}
+        try:
+            raw = json.loads(group[".json"].decode("utf-8"))
+        except ValueError as exc:  # JSONDecodeError and UnicodeDecodeError
+            raise ValueError(f"invalid JSON member ({type(exc).__name__}: {exc})") from None
+        if not isinstance(raw, dict):
+            raise ValueError(f"JSON member is a {type(raw).__name__}, not an object")
+        extra = {k: raw.pop(k) for k in ("source_path", "index") if k in raw}
+        if not raw:
+            return {}
+        try:
+            rec = normalize_row({"path": "-", **raw}, position + 1)
+        except ManifestError as exc:
+            raise ValueError(f"JSON member: field {exc.field!r}: {exc.message}") from None
+        del rec["path"]
+        soft = rec.get("soft_label", rec.get("votes"))
+        if soft is not None and self.classes is not None and len(soft) != len(self.classes):
+            raise ValueError(f"JSON member: {len(soft)} soft-label values for {len(self.classes)} classes")
+        if isinstance(extra.get("index"), int) and not isinstance(extra["index"], bool) and 0 <= extra["index"] < 2**62:
+            rec["index"] = extra["index"]
+        return rec
+
     def _sample(self, shard: Path, key: str, group: dict[str, bytes], position: int) -> dict[str, Any]:
-        where = f"{shard}:{key}"
-        if ".error" in group:
-            return {"error": group[".error"].decode(), "index": position, "path": str(shard)}
-        meta = json.loads(group[".json"]) if ".json" in group else {}
+        where = display_path(f"{shard}:{key}")
+        if ".error" in group:  # the message names the member or the damage
+            return {"error": group[".error"].decode(), "index": position, "path": display_path(shard)}
         image_suffix = next((s for s in group if s not in (".json", ".mask.png")), None)
         if image_suffix is None:
             return {"error": "no image member in the shard for this key", "index": position, "path": where}
-        index = meta["index"] if isinstance(meta.get("index"), int) else position
+        index = position
         try:
+            meta = self._record(group, position)
+            index = meta.get("index", position)
+            label = label_index(meta.get("label"), self.classes, index + 1)
             mask = io.BytesIO(group[".mask.png"]) if self.read_masks and ".mask.png" in group else None
-            sample = load_image_sample(io.BytesIO(group[image_suffix]), mask, self.transform)
+            sample = load_image_sample(io.BytesIO(group[image_suffix]), mask, self.transform, what=where)
+            sample.update(record_fields({"id": key, **meta}, label, index, self.target_names))
         except DECODE_ERRORS as exc:
             return {"error": f"{type(exc).__name__}: {exc}", "index": index, "path": where}
-        label = label_index(meta.get("label"), self.classes, index + 1)
-        sample.update(record_fields({"id": key, **meta}, label, index, self.target_names))
         return sample
 
     def _raw(self, rng: np.random.Generator, shards: list[Path]) -> Iterator[tuple[Path, str, dict[str, bytes], int]]:
@@ -260,7 +378,7 @@ class ShardDataset(torch.utils.data.IterableDataset):
         buffer: list[tuple[Path, str, dict[str, bytes], int]] = []
         position = 0
         for shard in source:
-            for key, group in _iter_tar(shard):
+            for key, group in _iter_tar(shard, self.max_member_bytes):
                 item = (shard, key, group, position)
                 position += 1
                 if not self.shuffle_buffer:

@@ -427,8 +427,6 @@ def write_synthetic_dataset(out_dir: str | Path, n_train: int, n_test: int, seed
                          "meta": {"regions": {r: list(b) for r, b in face["regions"].items()},
                                   "local_regions": face["local_regions"], "intensity": face["intensity"],
                                   "synthetic_captions": True}})
-    manifest = out / "manifest.jsonl"
-    with open(manifest, "w", encoding="utf-8") as f:
-        for row in rows:
-            f.write(json.dumps(row) + "\n")
-    return manifest
+    from affectclip.core.io import atomic_write_text
+
+    return atomic_write_text(out / "manifest.jsonl", "".join(json.dumps(row) + "\n" for row in rows))

@@ -23,8 +23,9 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".webp")
-VIDEO_EXTENSIONS = (".mp4", ".avi", ".mkv", ".mov", ".webm", ".m4v", ".mpg", ".mpeg", ".flv", ".wmv")
+from affectclip.core.images import ImageDecodeError, decode_rgb
+from affectclip.data.manifest import IMAGE_EXTENSIONS, VIDEO_EXTENSIONS  # noqa: F401 (one list, re-exported)
+
 FRAMES_JSON = "frames.json"
 # Seek instead of decoding through a gap when the next wanted frame is this many frames ahead: below it, sequential
 # decoding is cheaper than a seek (which restarts at the previous keyframe).
@@ -61,22 +62,41 @@ def _check_exists(path: Path) -> None:
         raise VideoError(f"{path}: the file is empty (0 bytes); re-download or re-export it")
 
 
+# A frame rate beyond this is not a video (high-speed cameras stop far below it); it also keeps fps-derived
+# frame counts and indices finite.
+MAX_FPS = 10_000.0
+
+
 def _folder_fps(folder: Path) -> float:
+    """The frame rate frames.json states (0.0 without one): a finite number in [0, MAX_FPS], or a VideoError."""
     meta = folder / FRAMES_JSON
     if not meta.exists():
         return 0.0
+    hint = "delete it or re-run `affectclip data frames`"
     try:
-        return float(json.loads(meta.read_text())["fps"] or 0.0)
-    except (ValueError, KeyError, TypeError) as exc:
-        raise VideoError(f"{meta}: malformed frames.json ({exc}); delete it or re-run `affectclip data frames`") from exc
+        doc = json.loads(meta.read_text(encoding="utf-8"))
+        fps = doc["fps"] if isinstance(doc, dict) else None
+    except (OSError, ValueError, KeyError) as exc:  # UnicodeDecodeError and JSONDecodeError are ValueErrors
+        raise VideoError(f"{meta}: malformed frames.json ({type(exc).__name__}: {exc}); {hint}") from None
+    if fps is None:
+        return 0.0
+    if isinstance(fps, bool) or not isinstance(fps, (int, float)) or not 0 <= fps <= MAX_FPS:
+        raise VideoError(f"{meta}: field 'fps' must be a number of frames per second in [0, {MAX_FPS:g}], "
+                         f"got {fps!r}; {hint}")
+    return float(fps)
+
+
+def _sane_rate(fps: float) -> float:
+    """A container's frame rate, or 0.0 (unknown) when a damaged or hostile header states a non-finite or absurd
+    one: every index and duration computed from it must stay finite."""
+    return fps if math.isfinite(fps) and 0 < fps <= MAX_FPS else 0.0
 
 
 def _open_image(path: Path) -> np.ndarray:
     try:
-        with Image.open(path) as img:
-            return np.asarray(img.convert("RGB"))
-    except (OSError, SyntaxError) as exc:
-        raise VideoError(f"{path}: cannot read this frame image ({exc}); replace or delete it") from exc
+        return decode_rgb(path)
+    except ImageDecodeError as exc:
+        raise VideoError(f"cannot read this frame image: {exc}") from None
 
 
 # ----------------------------------------------------------------------------------------------------- probing
@@ -85,8 +105,11 @@ def _open_image(path: Path) -> np.ndarray:
 def probe(path: str | Path, backend: str = "auto") -> VideoInfo:
     """Frame count, frame rate, duration and size, from container metadata (no full decode).
 
-    When the container does not store a frame count, packets are counted (demux only, still cheap).
+    When the container does not store a frame count, packets are counted (demux only, still cheap). A video whose
+    header declares frames larger than `core.images.MAX_PIXELS` is refused here, before any frame is decoded.
     """
+    from affectclip.core import images
+
     path = Path(path)
     _check_exists(path)
     if path.is_dir():
@@ -96,9 +119,11 @@ def probe(path: str | Path, backend: str = "auto") -> VideoInfo:
         h, w = _open_image(files[0]).shape[:2]
         fps = _folder_fps(path)
         return VideoInfo(len(files), fps, len(files) / fps if fps else 0.0, w, h)
-    if _use_pyav(path, backend):
-        return _probe_pyav(path)
-    return _probe_opencv(path)
+    info = _probe_pyav(path) if _use_pyav(path, backend) else _probe_opencv(path)
+    if info.width * info.height > images.MAX_PIXELS:
+        raise VideoError(f"{path}: refused, its frames declare {info.width}x{info.height} pixels (limit "
+                         f"{images.MAX_PIXELS:,}); re-encode it smaller")
+    return info
 
 
 def _use_pyav(path: Path, backend: str) -> bool:
@@ -162,6 +187,7 @@ def _probe_pyav(path: Path) -> VideoInfo:
         else:
             duration = n / fps if fps else 0.0
         width, height = stream.codec_context.width, stream.codec_context.height
+    fps, duration = _sane_rate(fps), duration if math.isfinite(duration) and duration >= 0 else 0.0
     if n <= 0:
         raise VideoError(f"{path}: the video has no frames; re-export it")
     return VideoInfo(int(n), fps, duration, width, height)
@@ -174,7 +200,7 @@ def _probe_opencv(path: Path) -> VideoInfo:
     if not cap.isOpened():
         raise VideoError(f"{path}: not a readable video (OpenCV cannot open it); check the file is a complete video")
     n = int(cap.get(cv2.CAP_PROP_FRAME_COUNT))
-    fps = float(cap.get(cv2.CAP_PROP_FPS) or 0.0)
+    fps = _sane_rate(float(cap.get(cv2.CAP_PROP_FPS) or 0.0))
     w, h = int(cap.get(cv2.CAP_PROP_FRAME_WIDTH)), int(cap.get(cv2.CAP_PROP_FRAME_HEIGHT))
     cap.release()
     if n <= 0:
@@ -404,17 +430,21 @@ def extract_frames(path: str | Path, out_dir: str | Path, fps: float | None = No
     Files are numbered from 0 in output order and frames.json maps each to its source index and timestamp, so the
     off-by-one of EmotionCLIP's `ffmpeg %08d` numbering (methods.md §2.9 item 11) cannot happen here.
     """
+    from affectclip.core.io import atomic_path, atomic_write_json
+    from affectclip.core.outputs import display_path
+
     path, out_dir = Path(path), Path(out_dir)
     info = probe(path)
     out_dir.mkdir(parents=True, exist_ok=True)
     rows = []
     for n, (idx, ts, frame) in enumerate(iter_frames(path, fps=fps)):
         name = f"{n:06d}.jpg"
-        Image.fromarray(frame).save(out_dir / name, quality=quality)
+        with atomic_path(out_dir / name) as tmp:  # a full disk never leaves a truncated frame
+            Image.fromarray(frame).save(tmp, format="JPEG", quality=quality)
         rows.append({"file": name, "index": idx, "timestamp": round(ts, 6)})
     out_fps = min(fps, info.fps) if fps and info.fps else (fps or info.fps)
-    meta = {"source": str(path), "source_fps": info.fps, "fps": out_fps, "frames": rows}
-    (out_dir / FRAMES_JSON).write_text(json.dumps(meta, indent=1))
+    meta = {"source": display_path(path), "source_fps": info.fps, "fps": out_fps, "frames": rows}
+    atomic_write_json(out_dir / FRAMES_JSON, meta, indent=1)
     return len(rows)
 
 

@@ -43,6 +43,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
                    "instead of the train rows of --manifest")
     r.add_argument("--classes", help="comma-separated class names in index order for --manifest (default: its "
                    "sorted label names); rows with other labels are counted as failures")
+    r.add_argument("--allow-outside", action="store_true",
+                   help="let --manifest/--train-manifest rows name files outside the manifest's folder (refused by default)")
     r.add_argument("--root", help="dataset folder in the benchmark's official layout")
     r.add_argument("--task", choices=TASKS, default="zeroshot",
                    help="zeroshot (prompts), linear_probe (C chosen on a part of train), fewshot (1-16 shots), "
@@ -186,7 +188,8 @@ def _prepare_benchmark(args: argparse.Namespace, fold: int | None, rank: int) ->
     if args.task == "regression" and not bench.continuous:
         raise ValueError(f"{bench.name} has no continuous targets for --task regression")
     return {"name": bench.name, "split": split, "classes": list(bench.classes), "compound": bench.compound,
-            "data": {k: read_manifest(f, check_files=False) for k, f in files.items()},
+            # the adapters write absolute paths under the user's --root: reading there is what the user asked for
+            "data": {k: read_manifest(f, check_files=False, allow_outside=True) for k, f in files.items()},
             "sources": {"root": str(Path(args.root).resolve())}, "split_files": [str(f) for f in files.values()],
             "skipped": skipped, "continuous": bench.continuous}
 
@@ -195,14 +198,14 @@ def _prepare_manifest(args: argparse.Namespace) -> dict[str, Any]:
     """Any labelled manifest as a benchmark (eval/manifest_source.py): its split, classes and scorable rows."""
     from affectclip.eval import manifest_source as ms
 
-    manifest, inline_split = ms.load(args.manifest)
+    manifest, inline_split = ms.load(args.manifest, allow_outside=args.allow_outside)
     if args.split and inline_split and args.split != inline_split:
         raise ValueError(f"--manifest {args.manifest} names split '{inline_split}' but --split is '{args.split}'")
     evaluated, split = ms.select_split(manifest, args.split or inline_split)
     data, sources = {"eval": evaluated}, {"eval": str(Path(manifest.source).resolve())}
     if args.task in PROBE_TASKS:
         if args.train_manifest:
-            train_manifest, train_split = ms.load(args.train_manifest, "--train-manifest")
+            train_manifest, train_split = ms.load(args.train_manifest, "--train-manifest", args.allow_outside)
             data["train"], _ = ms.select_split(train_manifest, train_split or "train", ("train",))
             sources["train"] = f"{Path(train_manifest.source).resolve()}:{train_split or 'train'}"
         elif split in ("train", ms.ALL):

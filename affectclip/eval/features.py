@@ -22,7 +22,7 @@ from __future__ import annotations
 import hashlib
 import json
 import zipfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -305,17 +305,21 @@ def with_box_masks(manifest: Manifest, out_dir: str | Path) -> Manifest:
     """
     from PIL import Image
 
+    from affectclip.core.images import image_size
     from affectclip.data.faces import boxes_to_mask
 
     out = Path(out_dir)
     rows, changed = [], False
     for rec in manifest.records:
-        row = dict(rec)
-        if "boxes" in rec and "mask" not in rec:
-            path = manifest.resolve(rec["path"])
+        # Absolute, confined paths (resolve refuses a row outside the manifest's folder unless it allows that), so
+        # the derived manifest, whose masks live under out_dir, may read outside its folder.
+        path = manifest.resolve(rec["path"], rec.get("_row"))
+        row = {**rec, "path": str(path)}
+        if "mask" in rec:
+            row["mask"] = str(manifest.resolve(rec["mask"], rec.get("_row"), "mask"))
+        elif "boxes" in rec:
             try:
-                with Image.open(path) as im:
-                    width, height = im.size
+                width, height = image_size(path)  # refuses a decompression bomb by its header
             except Exception:  # noqa: BLE001 - the dataset reports the unreadable image as a counted sample error
                 rows.append(row)
                 continue
@@ -327,4 +331,4 @@ def with_box_masks(manifest: Manifest, out_dir: str | Path) -> Manifest:
                         tmp, format="PNG")
             row["mask"], changed = str(mask_path.resolve()), True
         rows.append(row)
-    return Manifest(rows, manifest.root, manifest.source, manifest.problems) if changed else manifest
+    return replace(manifest, records=rows, allow_outside=True) if changed else manifest

@@ -13,6 +13,7 @@ one bad row never ends the job.
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +35,11 @@ def parse_spec(spec: str, option: str = "--manifest") -> tuple[Path, str | None]
                             "followed by :SPLIT)")
 
 
-def load(spec: str, option: str = "--manifest") -> tuple[Manifest, str | None]:
-    """Read the manifest that `spec` names (schema errors are one line naming the row and field)."""
+def load(spec: str, option: str = "--manifest", allow_outside: bool = False) -> tuple[Manifest, str | None]:
+    """Read the manifest that `spec` names (schema errors are one line naming the row and field); its rows stay
+    inside its folder unless `allow_outside`."""
     path, split = parse_spec(spec, option)
-    return read_manifest(path, check_files=False), split
+    return read_manifest(path, check_files=False, allow_outside=allow_outside), split
 
 
 def splits_of(manifest: Manifest) -> list[str]:
@@ -104,7 +106,7 @@ def scorable(manifest: Manifest, classes: Sequence[str], need: str) -> tuple[Man
     if not keep:
         first = skipped[0]
         raise ValueError(f"{manifest.source}: no row can be scored; row {first['row']}: {first['error']}")
-    return Manifest(keep, manifest.root, manifest.source, manifest.problems), skipped
+    return replace(manifest, records=keep), skipped
 
 
 def aligned_targets(manifests: dict[str, Manifest]) -> tuple[dict[str, Manifest], tuple[str, ...], list[dict]]:
@@ -123,5 +125,5 @@ def aligned_targets(manifests: dict[str, Manifest]) -> tuple[dict[str, Manifest]
                 keep.append({**rec, "targets": {n: rec["targets"][n] for n in names}})
         if not keep:
             raise ValueError(f"{m.source}: no row has every target {list(names)}")
-        out[key] = Manifest(keep, m.root, m.source, m.problems)
+        out[key] = replace(m, records=keep)
     return out, names, skipped

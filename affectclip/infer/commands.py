@@ -24,9 +24,13 @@ def _user_error(message: str) -> Exception:
 
 
 def _check_suffix(path: str | None, allowed: tuple[str, ...], option: str) -> None:
-    """Reject an unknown output format before any model loading or decoding."""
+    """Reject an unknown output format, a folder or an unwritable place before any model loading or decoding."""
+    from affectclip.core.outputs import check_output_file
+
     if path is not None and Path(path).suffix.lower() not in allowed:
         raise _user_error(f"{option} {path}: unknown format; use one of {', '.join(allowed)}")
+    if path is not None:
+        check_output_file(path, option)
 
 
 def _read_labels(args: argparse.Namespace) -> list[str] | None:
@@ -39,7 +43,10 @@ def _read_labels(args: argparse.Namespace) -> list[str] | None:
         path = Path(args.labels_file)
         if not path.is_file():
             raise _user_error(f"--labels-file {path}: no such file")
-        lines = [line.strip() for line in path.read_text(encoding="utf-8").splitlines()]
+        try:
+            lines = [line.strip() for line in path.read_text(encoding="utf-8-sig").splitlines()]
+        except UnicodeDecodeError as exc:
+            raise _user_error(f"--labels-file {path}: not UTF-8 text ({exc.reason} at byte {exc.start})") from None
         return [line for line in lines if line and not line.startswith("#")]
     return None
 
@@ -58,18 +65,22 @@ def _fps(args: argparse.Namespace) -> float | None:
 
 
 def write_table(df, path: str | Path) -> Path:
-    """A result table as CSV (empty cells for missing values), Parquet or JSON records, chosen by the suffix."""
+    """A result table as CSV (empty cells for missing values), Parquet or JSON records, chosen by the suffix; written
+    atomically, so a full disk never leaves a truncated table under the final name."""
+    from affectclip.core.io import atomic_path
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     suffix = path.suffix.lower()
-    if suffix == ".csv":
-        df.to_csv(path, index=False)
-    elif suffix == ".parquet":
-        df.to_parquet(path, index=False)
-    elif suffix == ".json":
-        df.to_json(path, orient="records", indent=1)
-    else:
+    if suffix not in TABLE_FORMATS:
         raise ValueError(f"{path}: unknown table format; use one of {', '.join(TABLE_FORMATS)}")
+    with atomic_path(path) as tmp:
+        if suffix == ".csv":
+            df.to_csv(tmp, index=False)
+        elif suffix == ".parquet":
+            df.to_parquet(tmp, index=False)
+        else:
+            df.to_json(tmp, orient="records", indent=1)
     return path
 
 
@@ -90,6 +101,10 @@ def _report_failures(df) -> int:
 
 def _predict(args: argparse.Namespace) -> int:
     _check_suffix(args.out, TABLE_FORMATS, "--out")
+    if args.plot:
+        from affectclip.core.outputs import check_output_dir
+
+        check_output_dir(args.plot, "--plot")
     labels = _read_labels(args)
     fps = _fps(args)
     model = _load(args)

@@ -3,6 +3,9 @@
 Users pass a mix of files, folders (walked recursively), PIL images and numpy arrays. Discovery never reads pixels,
 so a corrupt file surfaces later as ONE error row for that file instead of aborting the whole batch. A folder that
 holds `frames.json` (written by `affectclip data frames`) is a frame folder and is read as one video.
+A folder is searched for the same image extensions a manifest accepts (`.tif` and `.gif` included), and a file
+name that is not UTF-8 keeps its row: its `source` shows the odd bytes as backslash escapes, so the table can
+still be written.
 """
 
 from __future__ import annotations
@@ -16,6 +19,7 @@ from typing import Any
 
 import numpy as np
 
+from affectclip.core.outputs import display_path
 from affectclip.data.video import FRAMES_JSON, IMAGE_EXTENSIONS, VIDEO_EXTENSIONS, iter_frames, probe
 
 
@@ -66,9 +70,9 @@ def discover(inputs: Any) -> list[MediaItem]:
                 if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS + VIDEO_EXTENSIONS
                 and not any(part.startswith(".") for part in p.relative_to(path).parts)
             )
-            items.extend(MediaItem(str(p), _kind_of(p), path=p) for p in found)
+            items.extend(MediaItem(display_path(p), _kind_of(p), path=p) for p in found)
         else:
-            items.append(MediaItem(str(path), _kind_of(path), path=path))
+            items.append(MediaItem(display_path(path), _kind_of(path), path=path))
     return items
 
 
@@ -80,21 +84,19 @@ def to_rgb_uint8(image: Any) -> np.ndarray:
     from affectclip.data.transforms import image_to_tensor
 
     if isinstance(image, np.ndarray) and image.dtype == np.uint8 and image.ndim == 3 and image.shape[2] == 3:
+        if min(image.shape[:2]) == 0:
+            raise ValueError(f"image has an empty side: shape {image.shape}; pass an image with pixels")
         return np.ascontiguousarray(image)
     t = image_to_tensor(image)  # float [3,H,W] in [0,1]
     return np.ascontiguousarray((t * 255.0).round().clamp(0, 255).byte().permute(1, 2, 0).numpy())
 
 
 def read_image(path: Path) -> np.ndarray:
-    """An image file as uint8 RGB; an unreadable file raises ValueError naming it."""
-    from PIL import Image
+    """An image file as uint8 RGB; an unreadable (or oversize) file raises `ImageDecodeError`, a ValueError naming
+    it."""
+    from affectclip.core.images import decode_rgb
 
-    try:
-        with Image.open(path) as img:
-            img.load()
-            return to_rgb_uint8(img)
-    except (OSError, SyntaxError, Image.DecompressionBombError) as exc:
-        raise ValueError(f"{path}: cannot read this image ({exc}); replace or delete it") from exc
+    return decode_rgb(path, display_path(path))
 
 
 def expected_frames(item: MediaItem, fps: float | None) -> int | None:

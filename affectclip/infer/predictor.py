@@ -431,6 +431,8 @@ def save_embeddings(meta: pd.DataFrame, emb: np.ndarray, path: str | os.PathLike
     import pyarrow as pa
     import pyarrow.parquet as pq
 
+    from affectclip.core.io import atomic_path, atomic_write_json
+
     path = Path(path)
     if len(meta) != len(emb):
         raise ValueError(f"meta has {len(meta)} rows but there are {len(emb)} embeddings")
@@ -441,23 +443,39 @@ def save_embeddings(meta: pd.DataFrame, emb: np.ndarray, path: str | os.PathLike
         flat = pa.array(np.ascontiguousarray(emb, dtype=np.float32).ravel())
         table = table.append_column("embedding", pa.FixedSizeListArray.from_arrays(flat, int(emb.shape[1])))
         table = table.replace_schema_metadata({**(table.schema.metadata or {}), INDEX_KEY.encode(): json.dumps(info)})
-        pq.write_table(table, path)
+        with atomic_path(path) as tmp:  # a full disk never leaves a truncated index under the final name
+            pq.write_table(table, tmp)
         return [path]
     if path.suffix == ".npy":
         sidecar = path.with_suffix(".json")
-        np.save(path, emb.astype(np.float32))
-        sidecar.write_text(json.dumps({INDEX_KEY: info, "rows": json.loads(meta.to_json(orient="records"))}))
+        with atomic_path(path) as tmp, open(tmp, "wb") as f:
+            np.save(f, emb.astype(np.float32))
+        atomic_write_json(sidecar, {INDEX_KEY: info, "rows": json.loads(meta.to_json(orient="records"))}, indent=None)
         return [path, sidecar]
     raise ValueError(f"embeddings are written as .parquet or .npy, got '{path.name}'")
 
 
 def load_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, dict]:
-    """(meta, embeddings, info) from a file written by `save_embeddings`; info holds the model that built it."""
-    import pyarrow.parquet as pq
+    """(meta, embeddings, info) from a file written by `save_embeddings`; info holds the model that built it.
+    A damaged or foreign file (bad JSON, missing keys, wrong types or shapes) is a `UserError` naming it."""
+    from affectclip.core.errors import UserError
 
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"embedding index not found: {path}; build one with `affectclip embed`")
+    try:
+        meta, emb, info = _read_embeddings(path)
+        if not isinstance(info, dict) or emb.ndim != 2:  # NaN rows are legal: inputs without a face
+            raise ValueError("the index info is not an object, or the vectors are not a matrix")
+    except (KeyError, TypeError, ValueError, IndexError) as exc:  # pyarrow's ArrowInvalid is a ValueError
+        raise UserError(f"{path}: not a readable embedding index ({type(exc).__name__}: {exc}); re-run "
+                        "`affectclip embed`") from None
+    return meta, emb, info
+
+
+def _read_embeddings(path: Path) -> tuple[pd.DataFrame, np.ndarray, dict]:
+    import pyarrow.parquet as pq
+
     if path.suffix == ".parquet":
         table = pq.read_table(path)
         raw = (table.schema.metadata or {}).get(INDEX_KEY.encode())
@@ -471,7 +489,7 @@ def load_embeddings(path: str | os.PathLike) -> tuple[pd.DataFrame, np.ndarray, 
         sidecar = path.with_suffix(".json")
         if not sidecar.is_file():
             raise FileNotFoundError(f"{sidecar} (the row metadata of {path.name}) is missing; re-run `affectclip embed`")
-        doc = json.loads(sidecar.read_text())
+        doc = json.loads(sidecar.read_text(encoding="utf-8"))
         emb = np.load(path)
         meta = pd.DataFrame(doc["rows"])
         if emb.ndim != 2 or len(meta) != len(emb):
