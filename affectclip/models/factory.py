@@ -204,6 +204,22 @@ def build_model(config: dict[str, Any]) -> DualEncoder:
     )
 
 
+def _build_for_weights(config: dict[str, Any]) -> DualEncoder:
+    """The model a weights file is loaded into. Its image tower skips the ImageNet weight package: the file holds
+    every backbone weight the model uses, unless its `external_weights` leave some of them to the package (then,
+    and only then, the package is needed). The unused ImageNet classifier never needs the package."""
+    if (config.get("vision_cfg") or {}).get("pretrained") is not True:
+        return build_model(config)
+    model = build_model(_merge(config, {"vision_cfg": {"pretrained": False}}))
+    model.config = copy.deepcopy(config)
+    external = tuple(config.get("external_weights") or ())
+    head = tuple(f"visual.{p}" for p in getattr(model.visual, "package_head_prefixes", tuple)())
+    used = [k for k in model.state_dict() if k.startswith("visual.") and not (head and k.startswith(head))]
+    if external and any(k.startswith(external) for k in used):
+        model.visual.load_package_weights()
+    return model
+
+
 def _foreign_weights(path: Path) -> dict[str, torch.Tensor]:
     return convert_open_clip_state_dict(load_state_dict(path))
 
@@ -235,10 +251,10 @@ def create_model(
     else:
         config = get_model_config(name_or_path)
     config = _merge(config, overrides)
-    model = build_model(config)
     if pretrained is not None:
         source = str(pretrained)
         weights = _foreign_weights(Path(pretrained))
+    model = build_model(config) if weights is None else _build_for_weights(config)
     if weights is not None:
         load_weights(model, weights, source)
     return model.to(device=device, dtype=PRECISIONS[precision])
