@@ -177,3 +177,25 @@ def test_progress_bar_over_frames_only_on_a_terminal_and_not_when_quiet(emotion,
     assert "frames" in capsys.readouterr().err
     emotion.embed(video, fps=5, clips=False, quiet=True)
     assert capsys.readouterr().err == ""
+
+
+def test_video_plot_draws_cosines_when_predict_has_them(emotion, tmp_path, monkeypatch):
+    """Issue 23: saturated probabilities made a video's plot flat lines; with --cosine the plot draws the
+    similarities, which move with the face."""
+    import matplotlib.axes
+
+    from affectclip.infer.plots import plot_video
+
+    video = write_moving_face_video(tmp_path / "clip.mp4", seconds=1.0, fps=10, travel=20, codec="mpeg4")
+    df = emotion.predict(video, labels=["calm", "joyful"], fps=5, cosine=True)
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, y, *a, **k: drawn.append(np.asarray(y)) or real_plot(self, x, y, *a, **k))
+    plot_video(df, ["calm", "joyful"], tmp_path / "scores.png")
+    ok = df[(df["status"] == "ok") & (df["face_id"] == 0)].sort_values("timestamp")
+    assert len(ok) >= 3 and len(drawn) >= 2
+    np.testing.assert_allclose(drawn[0], ok["cos_calm"].to_numpy(float))
+    drawn.clear()
+    plot_video(df.drop(columns=["cos_calm", "cos_joyful"]), ["calm", "joyful"], tmp_path / "probs.png")
+    np.testing.assert_allclose(drawn[0], ok["calm"].to_numpy(float))
