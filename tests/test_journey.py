@@ -162,9 +162,11 @@ def media(work) -> dict[str, Path]:
 
 
 def test_plain_pip_install_predicts_then_assets_bring_the_default_detector(plain, media, work):
-    first = plain.ok("predict", media["photo"])
-    header, *rows = [line.split() for line in first.out.splitlines() if line.strip()]
+    first = plain.ok("predict", media["photo"], "--plot", work / "plots")  # the README's main command
+    *table, wrote = [line.split() for line in first.out.splitlines() if line.strip()]
+    header, *rows = table
     assert set(FERPLUS_LABELS) <= set(header) and "top_label" in header and len(rows) == 1
+    assert wrote[:3] == ["wrote", "1", "plot(s)"] and (work / "plots" / "000_astronaut_annotated.png").is_file()
     row = dict(zip(header, rows[0], strict=True))
     assert row["status"] == "ok" and row["top_label"] in FERPLUS_LABELS
     notes = first.err.strip().splitlines()
