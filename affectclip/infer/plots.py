@@ -1,6 +1,7 @@
 """Pictures of a `predict` result (`affectclip predict --plot DIR`).
 
-* videos: one PNG per video, one panel per tracked face, each label's probability over time;
+* videos: one PNG per video, one panel per tracked face, each label's probability (or, with `--cosine`, its cosine
+  similarity) over time;
 * images: each image with its face boxes and top labels drawn on it, plus a contact sheet of all of them.
 
 Images are re-read from their paths (the result table holds no pixels), so in-memory inputs are not drawn.
@@ -16,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from affectclip.infer.predictor import label_columns
+from affectclip.infer.predictor import COSINE_PREFIX, label_columns
 
 THUMB = 320  # contact-sheet cell size in pixels
 MAX_FACE_PANELS = 8  # a video with more tracked faces plots the 8 seen in the most frames
@@ -28,7 +29,9 @@ def _safe_name(index: int, source: str) -> str:
 
 
 def plot_video(df: pd.DataFrame, labels: list[str], path: Path) -> Path:
-    """Label probabilities over time, one panel per face (rows of one video source)."""
+    """Label scores over time, one panel per face (rows of one video source): the cosine similarities when the
+    result has them (`predict --cosine`: they move with the face, where saturated probabilities are flat lines),
+    else the probabilities."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -38,12 +41,15 @@ def plot_video(df: pd.DataFrame, labels: list[str], path: Path) -> Path:
     faces = ok["face_id"].value_counts().index[:MAX_FACE_PANELS].sort_values()
     n = max(1, len(faces))
     fig, axes = plt.subplots(n, 1, figsize=(10, 2.6 * n), sharex=True, squeeze=False)
+    cosine = all(f"{COSINE_PREFIX}{label}" in df.columns for label in labels)
     for ax, face_id in zip(axes[:, 0], faces, strict=False):
         track = ok[ok["face_id"] == face_id].sort_values("timestamp")
         for label in labels:
-            ax.plot(track["timestamp"], track[label], marker=".", label=label)
-        ax.set_ylabel(f"face {face_id}")
-        ax.set_ylim(0, 1)
+            ax.plot(track["timestamp"], track[f"{COSINE_PREFIX}{label}" if cosine else label], marker=".",
+                    label=label)
+        ax.set_ylabel(f"face {face_id} ({'cosine' if cosine else 'probability'})")
+        if not cosine:
+            ax.set_ylim(0, 1)
     if not len(faces):
         axes[0, 0].text(0.5, 0.5, "no face found", ha="center", va="center", transform=axes[0, 0].transAxes)
     axes[0, 0].set_title(Path(df["source"].iloc[0]).name)

@@ -4,9 +4,11 @@ Pipeline per input: stream frames (videos resampled to `fps`, never held in memo
 across video frames (greedy IoU) -> aligned square crops at the model's input size -> batched `encode_image` ->
 zero-shot scores against label prompts (prompt ensembling reused from `eval.zeroshot`).
 
-**Scores.** A label's probability is softmax over labels of `s · cos(face, label)`, with `s = exp(logit_scale)`
-the model's own learned temperature (CLIP ≈ 100), i.e. exactly the distribution the model was trained to output.
-The probabilities therefore depend on which labels are offered together; compare them within one label set.
+**Scores.** A label's probability is softmax over labels of `cos(face, label) / T`; the default temperature is
+the model's own learned one, `T = 1 / exp(logit_scale)` (CLIP ≈ 0.01), i.e. exactly the distribution the model was
+trained to output. The probabilities therefore depend on which labels are offered together, and with a small T
+they saturate near 0/1; to rank faces, ask for the cosine similarities themselves (`cosine=True`: one
+`cos_<label>` column per label, in [-1, 1], independent of the other labels) or pass a larger `temperature`.
 
 **Nothing is dropped.** A frame or image without a face gives one row with `status="no_face"`, empty `face_id` and
 NaN scores; an input that cannot be read gives one row with `status="error: ..."` (a video failing mid-way keeps
@@ -29,6 +31,7 @@ import torch.nn.functional as F
 
 from affectclip.core.distributed import resolve_device
 from affectclip.infer.media import MediaItem, discover, expected_frames, iter_item_frames
+from affectclip.models.default import DEFAULT_MODEL_NAME, default_model_path
 
 FERPLUS_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 DEFAULT_PROMPTS = "expression"
@@ -36,40 +39,34 @@ TEXT_PROMPTS = "text"  # prompts="text": each label is used verbatim as its only
 META_COLUMNS = ("source", "media", "frame", "timestamp", "face_id", "x0", "y0", "x1", "y1", "det_score")
 RESULT_COLUMNS = ("top_label", "top_score", "status")
 FACE_MARGIN = 0.2  # context around the detector box in the aligned crop (align_crop's default)
-DEFAULT_MODEL_FILE = Path(__file__).resolve().parents[1] / "assets" / "default_model.safetensors"
 INDEX_KEY = "affectclip_index"
-
-
-def default_model_path() -> Path:
-    """The shipped default model (`affectclip/assets/default_model.safetensors`); a clear error when absent."""
-    if not DEFAULT_MODEL_FILE.is_file():
-        raise FileNotFoundError(
-            f"no default model is installed (looked for {DEFAULT_MODEL_FILE}); pass a checkpoint path: "
-            "affectclip.load('model.safetensors') in Python or --model model.safetensors on the command line"
-        )
-    return DEFAULT_MODEL_FILE
+COSINE_PREFIX = "cos_"  # predict(cosine=True): the raw cosine similarity of each label, column cos_<label>
 
 
 def load(
     name_or_path: str | os.PathLike | torch.nn.Module | None = None,
     device: str | torch.device = "auto",
     detector: str = "default",
-    verbose: bool = False,
+    quiet: bool = False,
+    bpe_path: str | os.PathLike | None = None,
 ) -> EmotionModel:
     """An `EmotionModel` from one of our .safetensors checkpoints (or a foreign CLIP state dict, or a DualEncoder
-    already in memory); None loads the installed default model. `detector`: haar | blazeface | mtcnn | default."""
+    already in memory); None or "default" loads the installed default model. `detector`: haar | blazeface | mtcnn | default
+    (blazeface, or haar until `affectclip assets install`). `quiet` hides the progress bar over long inputs;
+    `bpe_path` points to the CLIP BPE merges file for CLIP-text models (default: the copy shipped with affectclip)."""
     from affectclip.models.factory import create_model
 
     if isinstance(name_or_path, torch.nn.Module):
         model, source = name_or_path, "<in-memory model>"
     else:
-        path = default_model_path() if name_or_path is None else Path(name_or_path)
+        path = default_model_path() if name_or_path in (None, DEFAULT_MODEL_NAME) else Path(name_or_path)
         if not path.is_file():
             raise FileNotFoundError(f"model checkpoint not found: {path}; pass the path of a .safetensors checkpoint")
         # Inference only: with no parameter asking for gradients, a MiniLM text tower caches sentence vectors, so a
         # label set seen before (embed_text, search, repeated predict calls) is not encoded again.
         model, source = create_model(path).requires_grad_(False), str(path.resolve())
-    return EmotionModel(model, resolve_device(device), detector=detector, source=source, verbose=verbose)
+    return EmotionModel(model, resolve_device(device), detector=detector, source=source, quiet=quiet,
+                        bpe_path=bpe_path)
 
 
 def resolve_labels(
@@ -114,7 +111,8 @@ class EmotionModel:
         device: torch.device,
         detector: str = "default",
         source: str = "",
-        verbose: bool = False,
+        quiet: bool = False,
+        bpe_path: str | os.PathLike | None = None,
     ) -> None:
         from affectclip.data.faces import DETECTORS
         from affectclip.models.factory import create_transforms, get_tokenizer
@@ -124,8 +122,8 @@ class EmotionModel:
         self.model = model.eval().to(device)
         self.device = device
         self.source = source
-        self.verbose = verbose
-        self.tokenizer = get_tokenizer(model)
+        self.quiet = quiet
+        self.tokenizer = get_tokenizer(model, bpe_path=bpe_path)
         self.transform = create_transforms(model)
         self.image_size = self.transform.image_size
         self.detector_name = detector
@@ -136,9 +134,9 @@ class EmotionModel:
     def detector(self):
         """Built on first use: MTCNN loads weights, and `detect_faces=False` never needs a detector."""
         if self._detector is None:
-            from affectclip.data.faces import DEFAULT_DETECTOR, get_detector
+            from affectclip.data.faces import get_detector
 
-            self._detector = get_detector(DEFAULT_DETECTOR if self.detector_name == "default" else self.detector_name)
+            self._detector = get_detector(self.detector_name)
         return self._detector
 
     @property
@@ -165,11 +163,13 @@ class EmotionModel:
         return self.model.encode_image(x, normalize=False).float().cpu().numpy()
 
     def _extract(
-        self, inputs: Any, detect_faces: bool, fps: float | None, batch_size: int, verbose: bool | None,
+        self, inputs: Any, detect_faces: bool, fps: float | None, batch_size: int, quiet: bool | None,
         on_frame: Callable[[], None] | None = None,
     ) -> tuple[list[dict], np.ndarray]:
         """Rows (META_COLUMNS + status) and raw (unnormalised) image-tower features [N, D], NaN where no face.
-        `on_frame()` runs after each frame (a server's job progress / cancel point); what it raises propagates."""
+        A progress bar over frames is drawn on a terminal (never in logs, never with `quiet`). `on_frame()` runs after
+        each frame (a server's job progress / cancel point); what it raises propagates."""
+        from affectclip.core.progress import progress_bar
         from affectclip.data.tracking import IoUTracker
 
         if batch_size < 1:
@@ -188,51 +188,37 @@ class EmotionModel:
                 feats[r] = v
             pending.clear()
 
-        bar = self._progress(items, fps, self.verbose if verbose is None else verbose)
-        for item in items:
-            tracker = IoUTracker() if item.kind == "video" and detect_faces else None
-            frames = iter_item_frames(item, fps)
-            while True:
-                try:
-                    frame, ts, image = next(frames)
-                    faces = self._faces(image, detect_faces)
-                except StopIteration:
-                    break
-                except Exception as exc:  # noqa: BLE001 — one unreadable input must not end the batch; the row says why
-                    rows.append(_row(item, status=f"error: {exc or type(exc).__name__}"))
-                    break
-                if not faces:
-                    rows.append(_row(item, frame, ts, status="no_face"))
-                ids = tracker.update([f[0] for f in faces]) if tracker else range(len(faces))
-                for face_id, (box, score, crop) in zip(ids, faces, strict=True):
-                    pending.append((len(rows), self.transform(crop)))
-                    rows.append(_row(item, frame, ts, face_id, box, score, status="ok"))
-                    if len(pending) >= batch_size:
-                        flush()
-                if bar is not None:
-                    bar.update(1)
-                if on_frame is not None:
-                    on_frame()
+        total = sum(expected_frames(item, fps) or 0 for item in items) or None
+        with progress_bar(total, "frames", self.quiet if quiet is None else quiet) as bar:
+            for item in items:
+                tracker = IoUTracker() if item.kind == "video" and detect_faces else None
+                frames = iter_item_frames(item, fps)
+                while True:
+                    try:
+                        frame, ts, image = next(frames)
+                        faces = self._faces(image, detect_faces)
+                    except StopIteration:
+                        break
+                    except Exception as exc:  # noqa: BLE001 — one unreadable input must not end the batch; the row says why
+                        rows.append(_row(item, status=f"error: {exc or type(exc).__name__}"))
+                        break
+                    if not faces:
+                        rows.append(_row(item, frame, ts, status="no_face"))
+                    ids = tracker.update([f[0] for f in faces]) if tracker else range(len(faces))
+                    for face_id, (box, score, crop) in zip(ids, faces, strict=True):
+                        pending.append((len(rows), self.transform(crop)))
+                        rows.append(_row(item, frame, ts, face_id, box, score, status="ok"))
+                        if len(pending) >= batch_size:
+                            flush()
+                    bar.advance()
+                    if on_frame is not None:
+                        on_frame()
         if pending:
             flush()
-        if bar is not None:
-            bar.close()
         out = np.full((len(rows), self.model.embed_dim), np.nan, dtype=np.float32)
         for r, v in feats.items():
             out[r] = v
         return rows, out
-
-    @staticmethod
-    def _progress(items: list[MediaItem], fps: float | None, verbose: bool):
-        """A frame-level tqdm bar on stderr, only when asked and the input is more than a handful of frames."""
-        if not verbose:
-            return None
-        total = sum(expected_frames(item, fps) or 0 for item in items)
-        if total < 10:
-            return None
-        from tqdm.auto import tqdm
-
-        return tqdm(total=total, unit="frame", desc="affectclip", leave=False)
 
     # ------------------------------------------------------------------------------------------- prediction
 
@@ -256,32 +242,45 @@ class EmotionModel:
         fps: float | None = 5.0,
         batch_size: int = 32,
         agg: str = "embedding",
-        verbose: bool | None = None,
+        quiet: bool | None = None,
+        cosine: bool = False,
+        temperature: float | None = None,
         on_frame: Callable[[], None] | None = None,
     ) -> pd.DataFrame:
         """Per-face label probabilities for paths, folders, videos, PIL images or numpy arrays (see module doc).
 
         `labels` default to the 8 FER+ classes with the 'expression' prompt set; `prompts` is a prompt-set name,
         'text' (labels verbatim) or {label: [prompts]}; `detect_faces=False` scores each whole image as one face;
-        `fps` is the video sampling rate (None = every frame); `agg` = 'embedding' or 'logit' prompt averaging.
-        Columns: source, media, frame, timestamp, face_id, x0, y0, x1, y1, det_score, <one per label>, top_label,
-        top_score, status. `on_frame()` is called after every frame read (progress / cancellation hook).
+        `fps` is the video sampling rate (None = every frame); `agg` = 'embedding' or 'logit' prompt averaging;
+        `temperature` replaces the model's own (1 / exp(logit_scale)) in the softmax; `cosine=True` adds the raw
+        cosine similarity of each label (column `cos_<label>`, comparable across faces and label sets).
+        Columns: source, media, frame, timestamp, face_id, x0, y0, x1, y1, det_score, <one probability per label>,
+        [cos_<label> per label], top_label, top_score (the top probability), status.
+        `on_frame()` is called after every frame read (progress / cancellation hook).
         """
         from affectclip.eval.zeroshot import zero_shot_predict
 
+        if temperature is not None and not (math.isfinite(temperature) and temperature > 0):
+            raise ValueError(f"temperature must be a positive number, got {temperature}")
         clf = self._classifier(labels, prompts, agg)  # validate labels before any decoding
-        rows, feats = self._extract(inputs, detect_faces, fps, batch_size, verbose, on_frame)
-        probs = np.full((len(rows), len(clf.classes)), np.nan, dtype=np.float64)
+        rows, feats = self._extract(inputs, detect_faces, fps, batch_size, quiet, on_frame)
+        cos = np.full((len(rows), len(clf.classes)), np.nan, dtype=np.float64)
         ok = np.isfinite(feats).all(axis=1)
         if ok.any():
             f = F.normalize(torch.from_numpy(feats[ok]), dim=-1)
-            probs[ok] = zero_shot_predict(f, clf, self.model.logit_scale.detach().cpu()).softmax(-1).double().numpy()
+            cos[ok] = zero_shot_predict(f, clf, 0.0).double().numpy()  # log-scale 0: s = 1, plain cosine
+        scale = self.logit_scale if temperature is None else 1.0 / temperature
+        probs = np.full_like(cos, np.nan)
+        probs[ok] = torch.from_numpy(cos[ok] * scale).softmax(-1).numpy()
         df = _frame(rows)
         for j, label in enumerate(clf.classes):
             df[label] = probs[:, j]
+        cos_columns = [f"{COSINE_PREFIX}{label}" for label in clf.classes] if cosine else []
+        for j, column in enumerate(cos_columns):
+            df[column] = cos[:, j]
         df["top_label"] = pd.Series([clf.classes[j] if o else None for j, o in zip(probs.argmax(1), ok, strict=True)], dtype=object)
         df["top_score"] = np.where(ok, np.nan_to_num(probs).max(1), np.nan)
-        df = df[[*META_COLUMNS, *clf.classes, *RESULT_COLUMNS]]
+        df = df[[*META_COLUMNS, *clf.classes, *cos_columns, *RESULT_COLUMNS]]
         df.attrs["labels"] = list(clf.classes)
         return df
 
@@ -298,13 +297,13 @@ class EmotionModel:
         fps: float | None = 5.0,
         batch_size: int = 32,
         clips: bool = True,
-        verbose: bool | None = None,
+        quiet: bool | None = None,
         on_frame: Callable[[], None] | None = None,
     ) -> tuple[pd.DataFrame, np.ndarray]:
         """(meta, L2-normalised embeddings [N, D]) with one row per face per frame (`level="face"`, NaN vectors for
         no_face/error rows) and, with `clips=True`, one row per tracked face of each video (`level="clip"`): the
         model's temporal head (mean pooling if it has none) over the track, in windows the head can hold."""
-        rows, feats = self._extract(inputs, detect_faces, fps, batch_size, verbose, on_frame)
+        rows, feats = self._extract(inputs, detect_faces, fps, batch_size, quiet, on_frame)
         meta = _frame(rows)
         meta["level"] = "face"
         emb = _normalize(feats)
@@ -404,7 +403,8 @@ def _normalize(x: np.ndarray) -> np.ndarray:
 def label_columns(df: pd.DataFrame) -> list[str]:
     """The score columns of a `predict` result (kept in `df.attrs`, else everything that is not a fixed column)."""
     fixed = set(META_COLUMNS + RESULT_COLUMNS)
-    return list(df.attrs.get("labels") or [c for c in df.columns if c not in fixed])
+    return list(df.attrs.get("labels")
+                or [c for c in df.columns if c not in fixed and not str(c).startswith(COSINE_PREFIX)])
 
 
 def summarize(df: pd.DataFrame) -> pd.DataFrame:

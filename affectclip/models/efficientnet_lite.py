@@ -113,6 +113,7 @@ class EfficientNetLite0Tower(CNNTower):
         backbone = EfficientNetLite0()
         load_pretrained_backbone(backbone, pretrained, _LITE0_WEIGHTS)
         super().__init__(backbone, output_dim, image_size, freeze_backbone, dropout)
+        self.shipped_weights = _LITE0_WEIGHTS
 
 
 __all__ = ["EfficientNetLite0", "EfficientNetLite0Tower", "MBConvLite", "SameConv2d"]

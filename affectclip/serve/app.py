@@ -81,7 +81,7 @@ def parse_labels(labels: str | list[str] | None, prompts: str | None) -> list[st
 
 def model_info(em: EmotionModel, settings: ServeSettings) -> dict:
     from affectclip.eval.prompts import prompt_set_names
-    from affectclip.infer.predictor import DEFAULT_MODEL_FILE
+    from affectclip.models.default import DEFAULT_MODEL_FILE
 
     source = Path(em.source) if em.source and not em.source.startswith("<") else None
     meta: dict = {}
