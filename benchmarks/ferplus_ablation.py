@@ -146,7 +146,8 @@ def zero_shot(model, valid_feats: torch.Tensor, valid_labels: list[int], seen: s
 
 
 def main(argv: list[str] | None = None) -> int:
-    from affectclip.models.factory import create_model, create_transforms
+    from affectclip.data.transforms import create_transforms
+    from affectclip.models.factory import create_model
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--manifest", default="runs/ferplus/ferplus.jsonl")

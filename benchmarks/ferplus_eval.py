@@ -113,11 +113,12 @@ def synonym_study(model, tokenizer, feats, seen: set[str]) -> dict[str, Any]:
 def evaluate(model_path: str, manifest_path: str, probe_train: int, batch_size: int, seed: int) -> dict[str, Any]:
     import torch
 
+    from affectclip.data.transforms import create_transforms
     from affectclip.eval.features import extract_features
     from affectclip.eval.probe import linear_probe
     from affectclip.eval.prompts import build_prompts
     from affectclip.eval.zeroshot import evaluate_zero_shot
-    from affectclip.models.factory import create_model, create_transforms, get_tokenizer
+    from affectclip.models.factory import create_model, get_tokenizer
 
     torch.manual_seed(seed)
     model = create_model(model_path).eval()

@@ -102,7 +102,8 @@ class TextHead(nn.Module):
 def cache(model_path: str, manifest: str, batch_size: int) -> tuple[dict[str, Any], tuple[nn.Module, nn.Module]]:
     """Backbone features and labels of train and valid, MiniLM views (`Texts`) of the train captions and of every
     prompt, MiniLM's last k layers; and the studied model's own heads (to check the cache reproduces its numbers)."""
-    from affectclip.models.factory import create_model, create_transforms, get_tokenizer
+    from affectclip.data.transforms import create_transforms
+    from affectclip.models.factory import create_model, get_tokenizer
     from affectclip.models.text_minilm import load_minilm
 
     model = create_model(model_path).eval()

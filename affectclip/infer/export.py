@@ -55,7 +55,8 @@ def _export(module: nn.Module, example: torch.Tensor, path: Path, input_name: st
 def export_onnx(model: nn.Module, out_dir: str | Path, tokenizer=None, opset: int = OPSET) -> dict[str, Path]:
     """Write `image_encoder.onnx` (input `pixels` float [B,3,S,S], already preprocessed), `text_encoder.onnx`
     (input `tokens` int64 [B,L] from the model's tokenizer) and `affectclip_onnx.json`; returns their paths."""
-    from affectclip.models.factory import create_transforms, get_tokenizer
+    from affectclip.data.transforms import create_transforms
+    from affectclip.models.factory import get_tokenizer
 
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (LayerNormalization), got {opset}")
@@ -81,7 +82,8 @@ def validate_onnx(model: nn.Module, out_dir: str | Path, tokenizer=None, seed: i
     export's, so the dynamic axis is exercised); compare with PARITY_TOLERANCE."""
     import onnxruntime as ort
 
-    from affectclip.models.factory import create_transforms, get_tokenizer
+    from affectclip.data.transforms import create_transforms
+    from affectclip.models.factory import get_tokenizer
 
     model = model.eval().float().cpu()
     out = Path(out_dir)

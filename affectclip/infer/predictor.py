@@ -117,7 +117,8 @@ class EmotionModel:
         verbose: bool = False,
     ) -> None:
         from affectclip.data.faces import DETECTORS
-        from affectclip.models.factory import create_transforms, get_tokenizer
+        from affectclip.data.transforms import create_transforms
+        from affectclip.models.factory import get_tokenizer
 
         if detector != "default" and detector not in DETECTORS:
             raise ValueError(f"unknown face detector {detector!r}; choose one of default, {', '.join(DETECTORS)}")

@@ -1,4 +1,6 @@
-"""Model factory: architecture configs (JSON) -> DualEncoder, plus the matching tokenizer and image transform.
+"""Model factory: architecture configs (JSON) -> DualEncoder, plus the matching tokenizer.
+
+The matching image transform is `affectclip.data.transforms.create_transforms(model)` (models/ never imports data/).
 
 `create_model` accepts a config name from `models/configs/`, a config dict, one of our .safetensors checkpoints
 (config read from its metadata) or a foreign OpenAI/open_clip state dict (architecture inferred). Towers are built
@@ -16,7 +18,7 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
@@ -33,9 +35,6 @@ from affectclip.models.checkpoint import (
 )
 from affectclip.models.dual_encoder import DualEncoder
 from affectclip.models.registry import IMAGE_TOWERS, TEMPORAL_HEADS, TEXT_TOWERS, Registry
-
-if TYPE_CHECKING:
-    from affectclip.data.transforms import ImageTransform
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TOWER_MODULES = {
@@ -266,23 +265,3 @@ def get_tokenizer(
         return WordPieceTokenizer(context_length)
     raise ValueError(f"text_cfg.tokenizer '{kind}' is unknown; use 'clip_bpe' or 'wordpiece'")
 
-
-def create_transforms(
-    name_or_model_or_config: ConfigSource, train: bool = False, **augment: Any
-) -> ImageTransform:
-    """The image transform matching the model's input size and normalisation (train=True adds augmentation)."""
-    from affectclip.data.transforms import ImageTransform
-
-    config = _resolve_config(name_or_model_or_config)
-    pre = config.get("preprocess") or {}
-    if pre.get("grayscale"):  # trained on grey images: every input, colour photos included, is seen as grey
-        augment = {**augment, "grayscale": 1.0}
-    return ImageTransform(
-        image_size=config["vision_cfg"]["image_size"],
-        mean=pre.get("mean", CLIP_MEAN),
-        std=pre.get("std", CLIP_STD),
-        interpolation=pre.get("interpolation", "bicubic"),
-        resize_mode=pre.get("resize_mode", "shortest"),
-        train=train,
-        **augment,
-    )
