@@ -8,12 +8,13 @@ import torch
 
 from affectclip.cli import main
 from affectclip.data.datasets import ManifestDataset, collate
+from affectclip.data.ferplus import FERPLUS_CLASSES
 from affectclip.data.manifest import read_manifest, write_manifest
 from affectclip.data.shards import ShardDataset
 from affectclip.data.transforms import create_transforms
 from affectclip.models.factory import get_model_config
 
-CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+CLASSES = list(FERPLUS_CLASSES)
 FERPLUS_CLASSES = "[" + ", ".join(CLASSES) + "]"
 
 

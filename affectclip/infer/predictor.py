@@ -28,9 +28,9 @@ import torch
 import torch.nn.functional as F
 
 from affectclip.core.distributed import resolve_device
+from affectclip.data.ferplus import FERPLUS_CLASSES as FERPLUS_LABELS  # the default model's labels
 from affectclip.infer.media import MediaItem, discover, expected_frames, iter_item_frames
 
-FERPLUS_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 DEFAULT_PROMPTS = "expression"
 TEXT_PROMPTS = "text"  # prompts="text": each label is used verbatim as its only prompt (open vocabulary)
 META_COLUMNS = ("source", "media", "frame", "timestamp", "face_id", "x0", "y0", "x1", "y1", "det_score")
