@@ -34,7 +34,7 @@ from ferplus_eval import HEADLINE, evaluate, require_manifest, write_json  # noq
 from affectclip.cli import main as affectclip  # noqa: E402
 
 VARIANTS: dict[str, list[str]] = {
-    "heads only": ["model.overrides.text_cfg.trainable=false"],
+    "heads only": ["model.overrides.text_cfg.trainable=false", "model.overrides.text_cfg.trainable_layers=null"],
     "top layer 1e-4": ["model.overrides.text_cfg.trainable_layers=1"],
     "top 2 layers": ["model.overrides.text_cfg.trainable_layers=2"],
     "top 3 layers": ["model.overrides.text_cfg.trainable_layers=3"],
