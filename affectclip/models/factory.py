@@ -23,9 +23,8 @@ from typing import Any
 import torch
 import torch.nn as nn
 
+from affectclip.core.normalization import CLIP_MEAN, CLIP_STD
 from affectclip.models.checkpoint import (
-    CLIP_MEAN,
-    CLIP_STD,
     convert_open_clip_state_dict,
     infer_clip_config,
     is_torchscript,
@@ -91,8 +90,8 @@ def config_from_open_clip(cfg: dict[str, Any]) -> dict[str, Any]:
         "temporal_cfg": None,
         "quick_gelu": bool(cfg.get("quick_gelu", False)),
         "preprocess": {
-            "mean": CLIP_MEAN,
-            "std": CLIP_STD,
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
             "interpolation": "bicubic",
             "resize_mode": "shortest",
         },
