@@ -13,7 +13,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "create_model": "affectclip.models.factory",
     "get_tokenizer": "affectclip.models.factory",
-    "create_transforms": "affectclip.models.factory",
+    "create_transforms": "affectclip.data.transforms",
     "list_models": "affectclip.models.factory",
     "save_checkpoint": "affectclip.models.checkpoint",
     "DualEncoder": "affectclip.models.dual_encoder",

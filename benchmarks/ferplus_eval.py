@@ -40,6 +40,20 @@ ADJ_TEMPLATES = ("a photo of a {c} looking face.", "a photo of a face showing th
                  "a photo of a face looking {c}.", "a face that looks {c}.", "they look {c}.", "look at how {c} they are.")
 
 
+def require_manifest(path: str | Path) -> None:
+    """Stop with the command that builds a FER+ manifest when `path` is not one."""
+    if not Path(path).is_file():
+        raise SystemExit(f"{path} not found; build it with `affectclip data ferplus FERPLUS_DIR {path} --captions varied`")
+
+
+def write_json(path: str | Path | None, record: dict[str, Any]) -> None:
+    """A result record as indented JSON (nothing when no path is given)."""
+    if path:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        Path(path).write_text(json.dumps(record, indent=1))
+        print(f"wrote {path}")
+
+
 def ferplus_split(manifest_path: str | Path, split: str, limit: int | None = None, seed: int = 0) -> Manifest:
     """One split of a FER+ manifest (from `affectclip data ferplus`), optionally a seeded random subset."""
     # The FER+ manifest names images in the FER+ folder the user gave `data ferplus`, usually outside its own.
@@ -114,11 +128,12 @@ def synonym_study(model, tokenizer, feats, seen: set[str]) -> dict[str, Any]:
 def evaluate(model_path: str, manifest_path: str, probe_train: int, batch_size: int, seed: int) -> dict[str, Any]:
     import torch
 
+    from affectclip.data.transforms import create_transforms
     from affectclip.eval.features import extract_features
     from affectclip.eval.probe import linear_probe
     from affectclip.eval.prompts import build_prompts
     from affectclip.eval.zeroshot import evaluate_zero_shot
-    from affectclip.models.factory import create_model, create_transforms, get_tokenizer
+    from affectclip.models.factory import create_model, get_tokenizer
 
     torch.manual_seed(seed)
     model = create_model(model_path).eval()
@@ -207,15 +222,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--out", default=None, help="JSON result file")
     args = ap.parse_args(argv)
-    if not Path(args.manifest).is_file():
-        raise SystemExit(f"{args.manifest} not found; build it with `affectclip data ferplus FERPLUS_DIR {args.manifest} "
-                         "--captions varied`")
+    require_manifest(args.manifest)
     res = evaluate(args.model, args.manifest, args.probe_train, args.batch_size, args.seed)
     print(table(res))
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(json.dumps(res, indent=1))
-        print(f"wrote {args.out}")
+    write_json(args.out, res)
     return 0
 
 

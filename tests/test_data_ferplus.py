@@ -57,3 +57,10 @@ def test_majority_counts_match_readme_and_csv(ferplus_dir, tmp_path):
 def test_unknown_split_is_a_user_error(ferplus_dir, tmp_path, capsys):
     assert main(["data", "ferplus", str(ferplus_dir), str(tmp_path / "m.jsonl"), "--splits", "test"]) == 2
     assert "available: ['train', 'valid']" in capsys.readouterr().err
+
+
+def test_the_ferplus_recipe_names_the_classes_in_native_order():
+    """A recipe cannot import FERPLUS_CLASSES, so its copy is checked against the one constant."""
+    from affectclip.train.config import load_config
+
+    assert load_config("ferplus").data.classes == list(FERPLUS_CLASSES)

@@ -9,11 +9,13 @@ import torch
 
 from affectclip.cli import main
 from affectclip.data.datasets import ManifestDataset, collate
+from affectclip.data.ferplus import FERPLUS_CLASSES
 from affectclip.data.manifest import read_manifest, write_manifest
 from affectclip.data.shards import ShardDataset
-from affectclip.models.factory import create_transforms
+from affectclip.data.transforms import create_transforms
+from affectclip.models.factory import get_model_config
 
-CLASSES = ["neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt"]
+CLASSES = list(FERPLUS_CLASSES)
 FERPLUS_CLASSES = "[" + ", ".join(CLASSES) + "]"
 
 
@@ -38,7 +40,7 @@ def test_ferplus_pipeline_end_to_end(ferplus_dir, tmp_path):
     small = write_manifest(subset, tmp_path / "small.jsonl")
     assert main(["data", "check", str(small)]) == 0
 
-    transform = create_transforms("tiny-cnn-minilm", train=True)
+    transform = create_transforms(get_model_config("tiny-cnn-minilm"), train=True)
     ds = ManifestDataset(read_manifest(small).split("train"), transform, classes=CLASSES)
     loader = torch.utils.data.DataLoader(ds, batch_size=64, num_workers=2, collate_fn=collate)
     batches = list(loader)

@@ -111,7 +111,9 @@ def test_bad_labels_are_named(emotion, astronaut, labels, prompts, message):
 
 
 def test_load_without_default_model_says_how_to_pass_one(tmp_path, monkeypatch):
-    monkeypatch.setattr(predictor, "DEFAULT_MODEL_FILE", tmp_path / "absent.safetensors")
+    from affectclip.models import default
+
+    monkeypatch.setattr(default, "DEFAULT_MODEL_FILE", tmp_path / "absent.safetensors")
     with pytest.raises(FileNotFoundError, match="no default model is installed.*checkpoint path"):
         affectclip.load()
     with pytest.raises(FileNotFoundError, match="not found"):

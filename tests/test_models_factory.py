@@ -204,7 +204,10 @@ def test_precision_and_transforms():
     assert model.visual.conv1.weight.dtype == torch.bfloat16
     with pytest.raises(ValueError, match="precision"):
         create_model("tiny-vit", precision="fp8")
-    pytest.importorskip("affectclip.data.transforms", reason="data.transforms not written yet")
-    from affectclip.models.factory import create_transforms
+    from affectclip.data.transforms import create_transforms
 
-    assert create_transforms(model) is not None
+    tf = create_transforms(model)
+    assert tf.image_size == model.config["vision_cfg"]["image_size"]
+    assert create_transforms(get_model_config("tiny-vit")).image_size == tf.image_size
+    with pytest.raises(TypeError, match="get_model_config"):
+        create_transforms("tiny-vit")

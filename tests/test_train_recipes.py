@@ -94,8 +94,9 @@ def _local_branch_auc(model) -> float:
     larger local weight, 8 x 8 and 16 x 16 grids) made a mouth sentence's attention peak on the mouth reliably more
     often than chance (hit rates 0.05-0.38 against chance levels of 0.07-0.19)."""
     from affectclip.data.synthetic import SyntheticFaceDataset
+    from affectclip.data.transforms import create_transforms
     from affectclip.losses.global_local import local_similarity
-    from affectclip.models.factory import create_transforms, get_tokenizer
+    from affectclip.models.factory import get_tokenizer
 
     ds = SyntheticFaceDataset(256, "test", seed=1, image_size=64, transform=create_transforms(model))
     samples = [ds[i] for i in range(len(ds))]

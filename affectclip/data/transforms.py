@@ -22,7 +22,7 @@ repeat the same augmentations.
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,8 +30,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+from affectclip.core.normalization import CLIP_MEAN, CLIP_STD
+
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]]] = {
@@ -288,6 +288,32 @@ class ImageTransform:
         if masks is None:
             return torch.stack(outs)
         return torch.stack([o[0] for o in outs]), torch.stack([o[1] for o in outs])
+
+
+def create_transforms(model_or_config: Any, train: bool = False, **augment: Any) -> ImageTransform:
+    """The image transform matching a model's input size and normalisation (train=True adds augmentation).
+
+    Takes the model (anything with a `.config` dict, as `create_model` builds) or its config dict; for a config
+    name or checkpoint path, pass `affectclip.models.factory.get_model_config(name)` (data/ never imports models/).
+    """
+    config = getattr(model_or_config, "config", model_or_config)
+    if not isinstance(config, Mapping) or not isinstance(config.get("vision_cfg"), Mapping):
+        raise TypeError(
+            f"create_transforms takes a model built by create_model() or its config dict, got "
+            f"{type(model_or_config).__name__}; for a name or path use get_model_config(name) first"
+        )
+    pre = config.get("preprocess") or {}
+    if pre.get("grayscale"):  # trained on grey images: every input, colour photos included, is seen as grey
+        augment = {**augment, "grayscale": 1.0}
+    return ImageTransform(
+        image_size=config["vision_cfg"]["image_size"],
+        mean=pre.get("mean", CLIP_MEAN),
+        std=pre.get("std", CLIP_STD),
+        interpolation=pre.get("interpolation", "bicubic"),
+        resize_mode=pre.get("resize_mode", "shortest"),
+        train=train,
+        **augment,
+    )
 
 
 def _rotate(x: torch.Tensor, angle: float, mode: str) -> torch.Tensor:

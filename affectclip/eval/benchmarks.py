@@ -21,6 +21,7 @@ from typing import Any
 
 import numpy as np
 
+from affectclip.data.ferplus import FERPLUS_CLASSES
 from affectclip.eval.prompts import to_canonical
 
 MEDIA = (".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".mp4", ".avi", ".flv", ".mov", ".mkv", ".webm")
@@ -304,7 +305,6 @@ RAF_COMPOUND = ("happily surprised", "happily disgusted", "sadly fearful", "sadl
                 "sadly disgusted", "fearfully angry", "fearfully surprised", "angrily surprised", "angrily disgusted",
                 "disgustedly surprised")
 FER_CSV_7 = ("angry", "disgust", "fear", "happy", "sad", "surprise", "neutral")
-FERPLUS_8 = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 AFFECTNET_8 = ("neutral", "happy", "sad", "surprise", "fear", "disgust", "anger", "contempt")
 CLS = ("zeroshot", "linear_probe", "fewshot")
 ML = ("linear_probe", "regression")
@@ -344,15 +344,15 @@ BENCHMARKS: dict[str, Benchmark] = {b.name: b for b in [
                   "path_fmt": "Manually_Annotated_Images/{}", "split_names": {"train": "training", "test": "validation"},
                   "skip_labels": tuple(str(i) for i in range(k, 11))})
       for k in (7, 8)],
-    _b("ferplus", FERPLUS_8,
+    _b("ferplus", FERPLUS_CLASSES,
        "labels.csv (path, label = FER+ majority-rule class name or blank, split train/valid/test) + images/<split>/",
        parse_list_file, ("train", "valid", "test"),
        options={"file": "labels.csv", "delimiter": ",", "header": True, "path_col": "path", "label_col": "label",
-                "by_name": _by_own_name(FERPLUS_8), "skip_labels": ("",), "split_col": "split"}),
-    _b("ferplus7", FERPLUS_8[:7], "as ferplus; contempt rows dropped (7-class protocol)", parse_list_file,
+                "by_name": _by_own_name(FERPLUS_CLASSES), "skip_labels": ("",), "split_col": "split"}),
+    _b("ferplus7", FERPLUS_CLASSES[:7], "as ferplus; contempt rows dropped (7-class protocol)", parse_list_file,
        ("train", "valid", "test"),
        options={"file": "labels.csv", "delimiter": ",", "header": True, "path_col": "path", "label_col": "label",
-                "by_name": _by_own_name(FERPLUS_8[:7]), "skip_labels": ("", "contempt"), "split_col": "split"}),
+                "by_name": _by_own_name(FERPLUS_CLASSES[:7]), "skip_labels": ("", "contempt"), "split_col": "split"}),
     _b("fer2013", FER_CSV_7, "fer2013.csv (emotion 0-6, pixels, Usage Training/PublicTest/PrivateTest) + the pixel rows "
        "exported as images/{train,valid,test}/fer<row, 7 digits>.png (the FER+ image naming)", parse_list_file,
        ("train", "valid", "test"),

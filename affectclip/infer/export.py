@@ -98,7 +98,8 @@ def export_onnx(
     The files are written to a temporary folder first and moved into `out_dir` only when both graphs have dynamic
     batch axes and (with `validate`) match PyTorch within PARITY_TOLERANCE: a failed export leaves nothing behind
     (RunError), and `out_dir` never holds half an export."""
-    from affectclip.models.factory import create_transforms, get_tokenizer
+    from affectclip.data.transforms import create_transforms
+    from affectclip.models.factory import get_tokenizer
 
     if opset < 17:
         raise ValueError(f"opset must be >= 17 (LayerNormalization), got {opset}")
@@ -141,7 +142,8 @@ def validate_onnx(model: nn.Module, out_dir: str | Path, tokenizer=None, seed: i
     PARITY_TOLERANCE."""
     import onnxruntime as ort
 
-    from affectclip.models.factory import create_transforms, get_tokenizer
+    from affectclip.data.transforms import create_transforms
+    from affectclip.models.factory import get_tokenizer
 
     model = model.eval().float().cpu()
     out = Path(out_dir)

@@ -30,10 +30,10 @@ import torch
 import torch.nn.functional as F
 
 from affectclip.core.distributed import resolve_device
+from affectclip.data.ferplus import FERPLUS_CLASSES as FERPLUS_LABELS  # the default model's labels
 from affectclip.infer.media import MediaItem, discover, expected_frames, iter_item_frames
 from affectclip.models.default import DEFAULT_MODEL_NAME, default_model_path
 
-FERPLUS_LABELS = ("neutral", "happiness", "surprise", "sadness", "anger", "disgust", "fear", "contempt")
 DEFAULT_PROMPTS = "expression"
 TEXT_PROMPTS = "text"  # prompts="text": each label is used verbatim as its only prompt (open vocabulary)
 META_COLUMNS = ("source", "media", "frame", "timestamp", "face_id", "x0", "y0", "x1", "y1", "det_score")
@@ -115,7 +115,8 @@ class EmotionModel:
         bpe_path: str | os.PathLike | None = None,
     ) -> None:
         from affectclip.data.faces import DETECTORS
-        from affectclip.models.factory import create_transforms, get_tokenizer
+        from affectclip.data.transforms import create_transforms
+        from affectclip.models.factory import get_tokenizer
 
         if detector != "default" and detector not in DETECTORS:
             raise ValueError(f"unknown face detector {detector!r}; choose one of default, {', '.join(DETECTORS)}")

@@ -50,10 +50,14 @@ def check_no_nan(**tensors: torch.Tensor | None) -> None:
     """Raise ``FloatingPointError`` naming the first tensor that contains NaN.
 
     A NaN feature silently poisons every row of a contrastive loss (it enters every softmax denominator), so it
-    is cheaper to stop at the source than to debug a NaN loss later.
+    is cheaper to stop at the source than to debug a NaN loss later. Only host (CPU) tensors are checked: there the
+    check is one small reduction, while on an accelerator reading its answer would stall the host on every loss
+    call. A NaN there still makes the loss NaN, which the training loop stops on (at its logging intervals).
     """
     for name, tensor in tensors.items():
-        if tensor is not None and torch.is_floating_point(tensor) and bool(torch.isnan(tensor).any()):
+        if tensor is None or tensor.device.type != "cpu":
+            continue
+        if torch.is_floating_point(tensor) and bool(torch.isnan(tensor).any()):
             raise FloatingPointError(
                 f"{name} contains NaN (shape {tuple(tensor.shape)}); check the encoder outputs / inputs "
                 "(lower the learning rate, use bf16 instead of fp16, or inspect the offending batch)"
@@ -281,8 +285,10 @@ class ClipLoss(nn.Module):
         text_features: torch.Tensor,
         logit_scale: torch.Tensor | float,
         targets: Targets = None,
+        sizes: list[int] | None = None,
     ) -> torch.Tensor:
-        """Scalar loss. ``logit_scale`` is already exponentiated; ``targets`` cover the global batch."""
-        sizes = self.rank_sizes(image_features)
+        """Scalar loss. ``logit_scale`` is already exponentiated; ``targets`` cover the global batch; ``sizes``
+        (from ``rank_sizes``) when the caller already exchanged them this step."""
+        sizes = sizes if sizes is not None else self.rank_sizes(image_features)
         logits_i2t, logits_t2i = self.logits(image_features, text_features, logit_scale, sizes)
         return symmetric_loss(logits_i2t, logits_t2i, targets, self.row_offset(sizes))

@@ -149,8 +149,10 @@ class GlobalLocalLoss(nn.Module):
         local_mask: torch.Tensor,
         logit_scale: torch.Tensor | float,
         targets: Targets = None,
+        sizes: list[int] | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Returns ``{"loss", "loss_glob", "loss_loc", "loss_intra"}``; ``targets`` = global (Y_i2t, Y_t2i) or None."""
+        """Returns ``{"loss", "loss_glob", "loss_loc", "loss_intra"}``; ``targets`` = global (Y_i2t, Y_t2i) or None;
+        ``sizes`` = every rank's sample count when the caller already exchanged them this step (else once here)."""
         n = len(image_global)
         if (
             patches.shape[0] != n
@@ -162,8 +164,9 @@ class GlobalLocalLoss(nn.Module):
                 f"local_sentences {tuple(local_sentences.shape)}, local_mask {tuple(local_mask.shape)}"
             )
         check_no_nan(patches=patches, local_sentences=local_sentences)
-        loss_glob = self.clip(image_global, text_global, logit_scale, targets)
-        loss_loc = self._local(image_global, patches, local_sentences, local_mask.bool(), targets)
+        sizes = sizes if sizes is not None else self.clip.rank_sizes(image_global)  # one exchange for both branches
+        loss_glob = self.clip(image_global, text_global, logit_scale, targets, sizes=sizes)
+        loss_loc = self._local(image_global, patches, local_sentences, local_mask.bool(), targets, sizes)
         loss_intra = self._intra(patches, local_sentences, local_mask.bool())
         loss = self.w_glob * loss_glob + self.w_loc * loss_loc + self.w_intra * loss_intra
         return {"loss": loss, "loss_glob": loss_glob, "loss_loc": loss_loc, "loss_intra": loss_intra}
@@ -176,10 +179,10 @@ class GlobalLocalLoss(nn.Module):
         sentences: torch.Tensor,
         mask: torch.Tensor,
         targets: Targets,
+        sizes: list[int],
     ) -> torch.Tensor:
         if self.local_mode == "off" or self.w_loc == 0:
             return self.local_scale() * 0.0
-        sizes = self.clip.rank_sizes(image_global)
         all_image, all_patches, all_sentences, all_mask = self.clip.gather(
             image_global.float(), patches.float(), sentences.float(), mask.float(), sizes=sizes
         )

@@ -24,14 +24,13 @@ from safetensors import SafetensorError, safe_open
 from safetensors.torch import load_file, save_file
 
 from affectclip.core.io import atomic_path
+from affectclip.core.normalization import CLIP_MEAN, CLIP_STD
 from affectclip.models.errors import CheckpointError
 from affectclip.models.torchscript import read_torchscript_tensors
 
 log = logging.getLogger(__name__)
 
 CONFIG_KEY = "affectclip_config"
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 _TEXT_KEYS = ("token_embedding.", "positional_embedding", "transformer.", "ln_final.", "text_projection")
 _DROPPED_KEYS = ("attn_mask", "input_resolution", "context_length", "vocab_size")  # buffers / OpenAI ints
 _WRAPPER_KEYS = ("state_dict", "model")
@@ -209,8 +208,8 @@ def infer_clip_config(
         "temporal_cfg": None,
         "quick_gelu": bool(quick_gelu),
         "preprocess": {
-            "mean": CLIP_MEAN,
-            "std": CLIP_STD,
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
             "interpolation": "bicubic",
             "resize_mode": "shortest",
         },

@@ -5,7 +5,8 @@ Every method (EmotionCLIP, EmoCLIP, EmoCapCLIP-proposal) and every tower pairing
 
 Tower contracts (see ARCHITECTURE.md):
 * image tower: ``output_dim``; ``forward(images[B,3,H,W], mask[B,H,W] | None) -> [B, output_dim]`` (projected);
-  optionally ``forward_dense(images) -> [B, P, output_dim]`` (projected patch/cell features for local losses).
+  optionally ``forward_dense(images) -> [B, P, output_dim]`` (projected patch/cell features for local losses) and
+  ``forward_pooled_and_dense(images, mask) -> ([B, output_dim], [B, P, output_dim])`` (both from one pass).
 * text tower: ``output_dim``, ``context_length``; ``forward(tokens[B,L] int64) -> [B, output_dim]``; token id 0 is
   padding for every tokenizer we ship.
 * temporal head: ``forward(frames[B,T,D], padding_mask[B,T] bool | None) -> [B, D]``; True in padding_mask marks
@@ -75,6 +76,20 @@ class DualEncoder(nn.Module):
             raise NotImplementedError(f"image tower {type(self.visual).__name__} has no dense (patch) output")
         feats = self.visual.forward_dense(images)
         return F.normalize(feats, dim=-1) if normalize else feats
+
+    def encode_image_and_dense(
+        self, images: torch.Tensor, mask: torch.Tensor | None = None, normalize: bool = True
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """[B,3,H,W] -> (pooled [B,D], dense [B,P,D]) from one tower pass: what `encode_image` and `encode_dense`
+        give, for half the tower's cost (global + local losses need both every step)."""
+        if not hasattr(self.visual, "forward_pooled_and_dense"):
+            raise NotImplementedError(f"image tower {type(self.visual).__name__} has no dense (patch) output")
+        if images.ndim != 4:
+            raise ValueError(f"encode_image_and_dense expects images of shape [B,3,H,W], got {tuple(images.shape)}")
+        pooled, dense = self.visual.forward_pooled_and_dense(images, mask=mask)
+        if normalize:
+            return F.normalize(pooled, dim=-1), F.normalize(dense, dim=-1)
+        return pooled, dense
 
     def encode_text(self, tokens: torch.Tensor, normalize: bool = True) -> torch.Tensor:
         """[B,L] int64 token ids (from this model's tokenizer) -> [B,D]."""

@@ -1,4 +1,6 @@
-"""Model factory: architecture configs (JSON) -> DualEncoder, plus the matching tokenizer and image transform.
+"""Model factory: architecture configs (JSON) -> DualEncoder, plus the matching tokenizer.
+
+The matching image transform is `affectclip.data.transforms.create_transforms(model)` (models/ never imports data/).
 
 `create_model` accepts a config name from `models/configs/`, a config dict, one of our .safetensors checkpoints
 (config read from its metadata) or a foreign OpenAI/open_clip state dict (architecture inferred). Towers are built
@@ -16,14 +18,13 @@ import math
 import os
 from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn as nn
 
+from affectclip.core.normalization import CLIP_MEAN, CLIP_STD
 from affectclip.models.checkpoint import (
-    CLIP_MEAN,
-    CLIP_STD,
     CheckpointError,
     convert_open_clip_state_dict,
     is_torchscript,
@@ -40,9 +41,6 @@ from affectclip.models.seed_layouts import (
     detect_layout,
     infer_config,
 )
-
-if TYPE_CHECKING:
-    from affectclip.data.transforms import ImageTransform
 
 CONFIG_DIR = Path(__file__).parent / "configs"
 TOWER_MODULES = {
@@ -106,8 +104,8 @@ def config_from_open_clip(cfg: dict[str, Any]) -> dict[str, Any]:
         "temporal_cfg": None,
         "quick_gelu": bool(cfg.get("quick_gelu", False)),
         "preprocess": {
-            "mean": CLIP_MEAN,
-            "std": CLIP_STD,
+            "mean": list(CLIP_MEAN),
+            "std": list(CLIP_STD),
             "interpolation": "bicubic",
             "resize_mode": "shortest",
         },
@@ -372,23 +370,3 @@ def get_tokenizer(
         return WordPieceTokenizer(context_length)
     raise ValueError(f"text_cfg.tokenizer '{kind}' is unknown; use 'clip_bpe' or 'wordpiece'")
 
-
-def create_transforms(
-    name_or_model_or_config: ConfigSource, train: bool = False, **augment: Any
-) -> ImageTransform:
-    """The image transform matching the model's input size and normalisation (train=True adds augmentation)."""
-    from affectclip.data.transforms import ImageTransform
-
-    config = _resolve_config(name_or_model_or_config)
-    pre = config.get("preprocess") or {}
-    if pre.get("grayscale"):  # trained on grey images: every input, colour photos included, is seen as grey
-        augment = {**augment, "grayscale": 1.0}
-    return ImageTransform(
-        image_size=config["vision_cfg"]["image_size"],
-        mean=pre.get("mean", CLIP_MEAN),
-        std=pre.get("std", CLIP_STD),
-        interpolation=pre.get("interpolation", "bicubic"),
-        resize_mode=pre.get("resize_mode", "shortest"),
-        train=train,
-        **augment,
-    )

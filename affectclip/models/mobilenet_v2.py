@@ -229,6 +229,16 @@ class CNNTower(nn.Module):
         fmap = self._feature_map(images)
         return self.proj(self.dropout(fmap.flatten(2).transpose(1, 2)))
 
+    def forward_pooled_and_dense(
+        self, images: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` and `forward_dense` from ONE backbone pass: ([B, output_dim], [B, h*w, output_dim])."""
+        if mask is not None:
+            raise ValueError(f"{type(self).__name__} has no subject token, so it cannot use a subject mask")
+        fmap = self._feature_map(images)
+        cells = fmap.flatten(2).transpose(1, 2)
+        return self.proj(self.dropout(cells.mean(dim=1))), self.proj(self.dropout(cells))
+
     @torch.no_grad()
     def classify(self, images: torch.Tensor) -> torch.Tensor:
         """ImageNet logits [B,1000] from the shipped classifier: a sanity check that the weights loaded correctly."""

@@ -120,3 +120,12 @@ class VisionTransformer(nn.Module):
         so the grid stays complete)."""
         n = self.grid_size[0] * self.grid_size[1]
         return self._tokens(images, mask, drop=False)[:, 1 : 1 + n] @ self.proj
+
+    def forward_pooled_and_dense(
+        self, images: torch.Tensor, mask: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`forward` and `forward_dense` from ONE transformer pass: ([B, output_dim], [B, P, output_dim]). The dense
+        grid must stay complete, so patch dropout is not applied, and a subject mask shapes both outputs."""
+        n = self.grid_size[0] * self.grid_size[1]
+        tokens = self._tokens(images, mask, drop=False)
+        return tokens[:, 0] @ self.proj, tokens[:, 1 : 1 + n] @ self.proj

@@ -36,7 +36,7 @@ def split_source(source: str) -> tuple[str, str | None]:
 
 def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | None, list[str]]:
     """(train dataset, labelled validation dataset or None, class names in label-index order)."""
-    from affectclip.models.factory import create_transforms
+    from affectclip.data.transforms import create_transforms
 
     if not cfg.data.train:
         raise ConfigError("data.train is not set: pass data.train=PATH.jsonl[:split] (a manifest, see "
@@ -67,7 +67,7 @@ def build_datasets(cfg: TrainConfig, model: Any) -> tuple[Dataset, Dataset | Non
 
 def train_transform(cfg: TrainConfig, model: Any) -> Any:
     """The per-sample train `ImageTransform` of `data.augment` (and `data.consistent_clip_augment` for clips)."""
-    from affectclip.models.factory import create_transforms
+    from affectclip.data.transforms import create_transforms
 
     d = cfg.data
     if d.stage_size is not None and d.stage_size <= 0:

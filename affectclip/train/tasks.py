@@ -309,9 +309,9 @@ class GlobalLocalTask(Task):
         if inputs["visual"].ndim != 4:
             raise ConfigError("the global_local task trains on images; set data.video_frames=0")
         n, k = inputs["local_mask"].shape
+        image, patches = model.encode_image_and_dense(inputs["visual"], mask=inputs.get("mask"))
         out = {
-            "image": model.encode_image(inputs["visual"], mask=inputs.get("mask")),
-            "patches": model.encode_dense(inputs["visual"]),
+            "image": image, "patches": patches,
             "text": self._text_global(model, inputs),
             "local": model.encode_text(inputs["tokens_local"]).reshape(n, k, -1),
             "local_mask": inputs["local_mask"], "scale": model.logit_scale.exp(), "labels": inputs["labels"],
